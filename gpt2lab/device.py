@@ -1,0 +1,34 @@
+"""Choosing where and in which precision to run: one place, shared by every command."""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2lab.errors import GPT2LabError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU. `cuda:1` style indices are accepted."""
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise GPT2LabError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise GPT2LabError("device 'cuda' is not available on this machine (no CUDA GPU or a CPU-only torch); use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise GPT2LabError("device 'mps' is not available on this machine (Apple silicon only); use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise GPT2LabError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]

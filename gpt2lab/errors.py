@@ -1,0 +1,25 @@
+"""Errors caused by what the user asked for, as opposed to bugs.
+
+The CLI prints a `GPT2LabError` as one line (no traceback) and exits non-zero. Each subclass also derives from
+the built-in exception a Python caller would expect (`FileNotFoundError`, `ValueError`, ...).
+"""
+
+
+class GPT2LabError(Exception):
+    """A problem with the user's input: the message names it and says how to fix it."""
+
+
+class ModelNotFoundError(GPT2LabError, FileNotFoundError):
+    """A model source that is neither a usable local directory nor a reachable hub repository."""
+
+
+class CheckpointError(GPT2LabError, ValueError):
+    """Weights that are unreadable, truncated, or do not fit the config they came with."""
+
+
+class UnsupportedConfigError(GPT2LabError, ValueError):
+    """A Hugging Face config option that this GPT-2 implementation does not implement."""
+
+
+class TokenizerError(GPT2LabError, RuntimeError):
+    """The GPT-2 BPE ranks could not be found anywhere."""

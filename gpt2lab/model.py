@@ -1,0 +1,230 @@
+"""GPT-2, written from scratch, in one file.
+
+Module and parameter names follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn.weight`, ...), so a
+released checkpoint maps onto this model key for key; the only difference is that HF stores four projection
+weights transposed (its `Conv1D`), which `checkpoint.py` takes care of. Nothing here knows about files, hubs,
+devices or training.
+
+References:
+1) OpenAI's TensorFlow GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
+2) Hugging Face transformers: src/transformers/models/gpt2/modeling_gpt2.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2lab.errors import GPT2LabError
+
+
+class ContextLengthError(GPT2LabError, ValueError):
+    """A sequence does not fit in the model's context (block_size)."""
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length: number of learned position embeddings (HF: n_positions)
+    vocab_size: int = 50257  # 50257 BPE tokens; training pads it to 50304 (a multiple of 128) for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPTConfig:
+        """The shapes OpenAI released: `gpt2` (124M), `gpt2-medium`, `gpt2-large`, `gpt2-xl`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for incremental decoding.
+
+    Preallocated for the whole context: a decode step writes one slot per layer instead of concatenating
+    (and so copying) the whole past every step. `pos` is the number of positions already filled.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        # query, key and value projections for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_PROJECTION = True  # scaled at init, see GPT._init_weights
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            cache.keys[layer, :, :, past : past + T] = k
+            cache.values[layer, :, :, past : past + T] = v
+            k = cache.keys[layer, :, :, : past + T]
+            v = cache.values[layer, :, :, : past + T]
+
+        if past == 0:  # every query sees itself and the positions before it
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token attends to everything cached: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # several new tokens after a cached prefix: query i sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_PROJECTION = True
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU (HF calls it "gelu_new")
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: LayerNorm before each sub-layer, residual stream untouched by normalisation."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output projection *is* the token embedding (same storage), as in GPT-2.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # GPT-2 initialisation: N(0, 0.02) everywhere, zero biases, and the projections that write into the
+        # residual stream scaled by 1/sqrt(2 * n_layer): each block adds two of them to the stream, so without
+        # the scaling its variance would grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_PROJECTION", False):
+                std *= (2 * self.config.n_layer) ** -0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count, tied weights counted once (124,439,808 for `gpt2`)."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied tensor once
+        if exclude_embeddings:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None, last_logits_only: bool = False):
+        """idx (B, T) token ids -> (logits, loss).
+
+        targets (B, T): next-token ids, -100 where no loss is wanted; the loss is their mean cross-entropy.
+        cache: continue after the `cache.pos` positions it holds (and append these T to it).
+        last_logits_only: compute the vocabulary projection for the last position only, all that sampling
+        needs; it is the most expensive matmul of a decode step.
+        """
+        B, T = idx.size()
+        past = cache.pos if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ContextLengthError(
+                f"sequence of {past + T} tokens is longer than the model's context of "
+                f"{self.config.block_size} (block_size); crop it to the last {self.config.block_size} tokens"
+            )
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+
+        if last_logits_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            # The loss is taken in float32 even under bf16 autocast: it is a sum over 50k classes.
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    # Files and hubs live in checkpoint.py; these two are here so the familiar API reads naturally.
+    @classmethod
+    def from_pretrained(cls, source: str, device=None, dtype=None) -> GPT:
+        """Load `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, any HF hub id, or a local directory."""
+        from gpt2lab.checkpoint import load_model
+
+        return load_model(source, device=device, dtype=dtype)
+
+    def save_pretrained(self, directory) -> None:
+        """Write `config.json` + `model.safetensors` in Hugging Face GPT-2 format."""
+        from gpt2lab.checkpoint import save_model
+
+        save_model(self, directory)

@@ -1,0 +1,64 @@
+"""Shared test helpers: tiny models, and Hugging Face reference models saved to local directories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2lab import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests never wait on the network: huggingface_hub answers from the cache (or fails) at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+# A deliberately odd shape: nothing is a power of two, and head_dim (16) differs from n_head (3).
+ODD = dict(n_layer=3, n_head=3, n_embd=48, block_size=37, vocab_size=1011)
+
+
+def tiny_gpt(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**ODD, **overrides})).eval()
+
+
+def hf_config(cfg: dict):
+    """A transformers GPT2Config with our field names."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+        n_positions=cfg["block_size"], vocab_size=cfg["vocab_size"],
+        bos_token_id=None, eos_token_id=None,
+    )
+
+
+def hf_gpt2(seed: int = 0, **cfg):
+    """A random transformers GPT2LMHeadModel (the reference implementation)."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(hf_config({**ODD, **cfg})).eval()
+    return model
+
+
+def run_cli(*args, input=None, env=None, timeout=600):
+    """Run `python -m gpt2lab ARGS` as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2lab", *map(str, args)],
+        capture_output=True, text=True, input=input, env=full_env, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny random GPT-2 saved in HF format with the GPT-2 vocabulary (so the real tokenizer fits it)."""
+    model = tiny_gpt(vocab_size=50257, block_size=64)
+    path = tmp_path / "tiny-gpt2"
+    model.save_pretrained(path)
+    return path

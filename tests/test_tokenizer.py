@@ -1,0 +1,76 @@
+import pytest
+
+from gpt2lab import get_tokenizer
+from gpt2lab import tokenizer as tokenizer_module
+from gpt2lab.errors import TokenizerError
+
+HELLO = "Hello, I'm a language model,"
+HELLO_IDS = [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+
+
+def test_known_ids():
+    tok = get_tokenizer()
+    assert tok.encode(HELLO) == HELLO_IDS
+    assert tok.eot_token == 50256 and tok.n_vocab == 50257
+    assert tok.decode(HELLO_IDS) == HELLO
+
+
+def test_unicode_round_trip_and_batch():
+    tok = get_tokenizer()
+    texts = ["naïve café — 東京 🚀 Ωμέγα\n\ttabs  and  spaces", "", "<|endoftext|> is text here"]
+    for text in texts:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert 50256 not in tok.encode(texts[2])  # the literal string is not the special token
+
+
+def test_offline_fallback_fetches_from_package_index(tmp_path, monkeypatch):
+    """No tiktoken download: the ranks come from the whisper sdist on the package index, verified and cached."""
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("GPT2LAB_BPE_FILE", raising=False)
+    get_tokenizer.cache_clear()
+    try:
+        tok = get_tokenizer()
+        assert tok.encode(HELLO) == HELLO_IDS
+        assert (tmp_path / "gpt2.tiktoken").stat().st_size == 835_554
+        # second time: straight from the cache, no download
+        monkeypatch.setattr(tokenizer_module, "_fetch_from_package_index", lambda dest: pytest.fail("re-fetched"))
+        get_tokenizer.cache_clear()
+        assert get_tokenizer().encode(HELLO) == HELLO_IDS
+    finally:
+        get_tokenizer.cache_clear()
+
+
+def test_explicit_file(tmp_path, monkeypatch):
+    get_tokenizer.cache_clear()
+    source = tokenizer_module.cache_dir() / "gpt2.tiktoken"
+    if not source.exists():
+        pytest.skip("no cached rank file to copy")
+    path = tmp_path / "ranks.tiktoken"
+    path.write_bytes(source.read_bytes())
+    assert get_tokenizer(path).encode(HELLO) == HELLO_IDS
+    monkeypatch.setenv("GPT2LAB_BPE_FILE", str(tmp_path / "missing.tiktoken"))
+    with pytest.raises(TokenizerError, match="does not exist"):
+        get_tokenizer()
+    get_tokenizer.cache_clear()
+
+
+def test_nothing_works_gives_one_clear_error(tmp_path, monkeypatch):
+    import tiktoken
+
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: (_ for _ in ()).throw(ConnectionError()))
+    monkeypatch.setattr(tokenizer_module, "WHISPER_SDIST", "openai-whisper==0.0.0.does.not.exist")
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("GPT2LAB_BPE_FILE", raising=False)
+    get_tokenizer.cache_clear()
+    try:
+        with pytest.raises(TokenizerError, match="GPT2LAB_BPE_FILE"):
+            get_tokenizer()
+    finally:
+        get_tokenizer.cache_clear()
