@@ -1,0 +1,107 @@
+"""torchrun + torch.distributed set-up and tear-down, shared by training and evaluation.
+
+Nothing here replaces PyTorch's own machinery: `torchrun` starts the processes and sets RANK / LOCAL_RANK /
+WORLD_SIZE / MASTER_ADDR / MASTER_PORT; we only pick the backend (NCCL on GPUs, gloo on CPUs), pin each process
+to its GPU, and offer the few collectives the rest of the code needs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from gpt2lab.errors import GPT2LabError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, writes checkpoints and prints results."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device: torch.device) -> DistContext:
+    """Join the process group if started by torchrun; a no-op context otherwise."""
+    if not launched_by_torchrun():
+        return DistContext()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world_size == 1:
+        return DistContext(rank, local_rank, world_size)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise GPT2LabError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: "
+                f"set torchrun --nproc_per_node to at most the number of GPUs per node"
+            )
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistContext(rank, local_rank, world_size)
+
+
+def process_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """This process's device: under torchrun on GPUs, the GPU numbered LOCAL_RANK."""
+    if device.type == "cuda" and ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all ranks in place (identity on one process); returns it for chaining."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """Leave a torchrun worker with a reliable exit code.
+
+    With gloo on CPU, about a third of worker processes abort in interpreter shutdown ("terminate called
+    without an active exception") *after* all work is done, turning a success into exit code 1. Flushing,
+    destroying the process group and leaving with os._exit skips the faulty destructors; single-process runs
+    exit normally.
+    """
+    if not launched_by_torchrun():
+        raise SystemExit(code)
+    teardown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
