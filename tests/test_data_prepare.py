@@ -54,6 +54,8 @@ def test_token_counts_and_lossless_round_trip(tmp_path):
         assert sum(s["tokens"] for s in shards) == sum(len(tok.encode(t)) + 1 for t in texts)
         assert sum(s["documents"] for s in shards) == len(texts)
         assert documents_of(out, split) == texts
+        shard_tokens = np.concatenate([np.asarray(m) for m in split_tokens(out, split)]).tolist()
+        assert shard_tokens == [t for text in texts for t in [tok.eot_token, *tok.encode(text)]]
     assert len(manifest["splits"]["train"]) > 2  # tiny shard size: several shards
     assert read_manifest(out) == manifest
     assert not list(out.glob(".tmp-*")) and not (out / "prepare-state.json").exists()

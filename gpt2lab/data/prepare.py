@@ -109,7 +109,7 @@ def prepare_documents(documents: Iterable[Document], out: Path, config: PrepareC
         log(f"resuming: {run.tokens:,} tokens in finished shards are kept")
     encode = _encoder()
     threads = config.threads or os.cpu_count() or 1
-    bar = tqdm(total=config.max_tokens, initial=run.tokens, unit="tok", unit_scale=True, dynamic_ncols=True,
+    bar = tqdm(total=config.max_tokens, initial=run.tokens, unit="tok", unit_scale=True,
                desc="tokenising", disable=None if config.progress else True)
     started = time.perf_counter()
     try:
@@ -183,7 +183,8 @@ class _BatchReader:
 
     def __exit__(self, *exc):
         self.stop.set()
-        while self.thread.is_alive():  # unblock a reader waiting on a full queue
+        deadline = time.monotonic() + 10  # a reader stuck in a slow source (network) is a daemon: leave it
+        while self.thread.is_alive() and time.monotonic() < deadline:  # unblock a reader on a full queue
             with contextlib.suppress(queue.Empty):
                 self.queue.get(timeout=0.05)
         return False
