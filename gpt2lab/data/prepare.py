@@ -67,8 +67,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     _check_config(config)
     fingerprint = _fingerprint(config)
     stats = SourceStats()
-    options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split)
     out = Path(config.out)
+    options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split,
+                            exclude=out)
     complete, resume = _existing_output(out, fingerprint, config.overwrite)
     if complete is not None:
         total = sum(s["tokens"] for shards in complete["splits"].values() for s in shards)
@@ -268,7 +269,7 @@ def _write(run: _Run, batch: list, tasks: list, config: PrepareConfig, bar) -> b
         if docs:
             run.writers[split].add(docs)
     run.tokens += added
-    bar.update(added)
+    bar.update(added if bar.total is None else max(0, min(added, bar.total - bar.n)))
     return more
 
 
