@@ -58,8 +58,9 @@ class _Run:
     """Everything one prepare tracks while it streams."""
     out: Path
     writers: dict = field(default_factory=dict)
-    tokens: int = 0
-    documents: int = 0
+    tokens: int = 0  # in finished and open shards, resumed ones included
+    resumed_tokens: int = 0
+    documents: int = 0  # tokenised by this run
 
 
 def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
@@ -105,7 +106,7 @@ def prepare_documents(documents: Iterable[Document], out: Path, config: PrepareC
     for split in SPLITS:
         run.writers[split] = ShardWriter(out, split, config.shard_size, state["splits"][split], save_state)
         run.writers[split].last_document = resume["last_document"][split]
-    run.tokens = sum(s["tokens"] for shards in state["splits"].values() for s in shards)
+    run.tokens = run.resumed_tokens = sum(s["tokens"] for shards in state["splits"].values() for s in shards)
     if run.tokens:
         log(f"resuming: {run.tokens:,} tokens in finished shards are kept")
     encode = _encoder()
@@ -161,7 +162,8 @@ def _finish(run: _Run, config: PrepareConfig, fingerprint: dict, state: dict, st
     counts = {s: (sum(x["tokens"] for x in splits[s]), sum(x["documents"] for x in splits[s]), len(splits[s]))
               for s in SPLITS}
     summary = ", ".join(f"{s}: {t:,} tokens in {d:,} documents, {n} shard(s)" for s, (t, d, n) in counts.items())
-    rate = f" ({run.tokens / seconds:,.0f} tokens/s this run)" if run.documents and seconds > 0 else ""
+    new_tokens = run.tokens - run.resumed_tokens
+    rate = f" ({new_tokens / seconds:,.0f} tokens/s this run)" if run.documents and seconds > 0 else ""
     log(f"wrote {run.out}: {summary}{rate}")
     return manifest
 
