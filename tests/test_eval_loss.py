@@ -158,3 +158,35 @@ def test_cli_loss_bad_input(tmp_path, monkeypatch, capsys, args, needle):
     assert cli.main(["eval", "gpt2", "--task", "loss", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_loss_on_prepared_shards_cli_and_library(tmp_path, tiny_model_dir, capsys):
+    from gpt2lab.data import PrepareConfig, prepare, split_tokens
+
+    docs = [{"text": TEXT}, {"text": "A short second document."}, {"text": TEXT.upper()}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    data = tmp_path / "data"
+    prepare(PrepareConfig(sources=[str(tmp_path / "docs.jsonl")], out=str(data), val_docs=2, progress=False,
+                          threads=1), log=lambda line: None)
+    model = load_model(tiny_model_dir)
+    shards = split_tokens(data, "val")
+    # the model's own loss over the val split, in chunks of its context (64): the default stride
+    total, count = 0.0, 0
+    for shard in shards:
+        tokens = torch.from_numpy(shard.astype(np.int64))
+        for start in range(0, len(tokens) - 1, 64):
+            x, y = tokens[start : start + 64], tokens[start + 1 : start + 65]
+            if len(y) < len(x):  # the last window reaches back for a full context (see loss.windows)
+                x, y = tokens[-65:-1], tokens[-64:]
+                y = torch.where(torch.arange(64) >= 64 - (len(tokens) - 1 - start), y, -100)
+            with torch.no_grad():
+                _, chunk_loss = model(x[None], y[None])
+            n = int((y != -100).sum())
+            total, count = total + chunk_loss.item() * n, count + n
+    assert count == sum(len(s) - 1 for s in shards) > 64
+    assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["tokens"] == count
+    assert record["loss"] == pytest.approx(total / count, rel=1e-6)
+    assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--split", "test"]) == 2
+    assert "no split 'test'" in capsys.readouterr().err
