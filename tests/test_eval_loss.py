@@ -125,7 +125,7 @@ def test_bad_arguments_are_user_errors(tmp_path):
         loss.evaluate_loss(stub, tokens, seq_len=17)
     with pytest.raises(GPT2LabError, match="at least 2 tokens"):
         loss.evaluate_loss(stub, np.array([3]))
-    with pytest.raises(GPT2LabError, match="vocabulary size"):
+    with pytest.raises(GPT2LabError, match="token id 500, beyond the model.s vocabulary"):
         loss.evaluate_loss(stub, np.array([3, 500, 4]))
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(GPT2LabError, match="empty"):
