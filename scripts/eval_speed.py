@@ -4,7 +4,7 @@
 
 Without --model, a random GPT-2-vocabulary model of the given n_layer,n_head,n_embd is timed on synthetic
 examples of HellaSwag-like length (the scores are meaningless; the speed is what is measured). Runs alternate
-(batched, one-by-one, batched, ...) so that load from other processes hits both alike.
+(batched, one-by-one, build-nanogpt's loop, batched, ...) so that load from other processes hits all alike.
 """
 
 from __future__ import annotations
@@ -29,6 +29,26 @@ def synthetic_examples(n: int, seed: int = 0) -> list[hellaswag.Example]:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
     return [hellaswag.Example(words(25, 60), [words(8, 30) for _ in range(4)], rng.randint(0, 3)) for _ in range(n)]
+
+
+def build_nanogpt_style(model, examples) -> float:
+    """One example (4 rows) per forward pass, logits at every position: build-nanogpt's hellaswag.py. -> acc_norm"""
+    correct = 0
+    for ex in examples:
+        rows = [ex.context + ending for ending in ex.endings]
+        width = max(map(len, rows))
+        tokens = torch.zeros((4, width), dtype=torch.long)
+        mask = torch.zeros((4, width))
+        for i, row in enumerate(rows):
+            tokens[i, : len(row)] = torch.tensor(row)
+            mask[i, len(ex.context) : len(row)] = 1
+        with torch.no_grad():
+            logits, _ = model(tokens)
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(4, -1)
+        mean_loss = (losses * mask[:, 1:]).sum(dim=1) / mask[:, 1:].sum(dim=1)
+        correct += int(mean_loss.argmin()) == ex.label
+    return correct / len(examples)
 
 
 def main() -> None:
@@ -57,8 +77,13 @@ def main() -> None:
             started = time.perf_counter()
             result = hellaswag.evaluate(model, examples, batch_size=batch_size)
             seconds = time.perf_counter() - started
-            print(f"batch_size {batch_size:3d}: {len(examples) / seconds:7.2f} examples/s "
+            print(f"evaluate, batch_size {batch_size:3d}:    {len(examples) / seconds:7.2f} examples/s "
                   f"(acc {result.acc:.4f}, acc_norm {result.acc_norm:.4f})", flush=True)
+        started = time.perf_counter()
+        acc_norm = build_nanogpt_style(model, examples)
+        seconds = time.perf_counter() - started
+        print(f"build-nanogpt style, 1 per forward: {len(examples) / seconds:7.2f} examples/s "
+              f"(acc_norm {acc_norm:.4f})", flush=True)
 
 
 if __name__ == "__main__":
