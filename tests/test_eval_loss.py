@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -138,7 +139,9 @@ def test_bad_arguments_are_user_errors(tmp_path):
 def test_cli_loss_on_a_text_file(tmp_path, tiny_model_dir):
     path = tmp_path / "tale.txt"
     path.write_text(TEXT * 3)  # longer than the tiny model's 64 positions: several windows
-    proc = run_cli("eval", tiny_model_dir, "--task", "loss", "--data", path, "--stride", "32", "--json",
+    run = tmp_path / "run"  # a training run directory: MODEL resolves to its newest checkpoint
+    shutil.copytree(tiny_model_dir, run / "checkpoints" / "step_00000010")
+    proc = run_cli("eval", run, "--task", "loss", "--data", path, "--stride", "32", "--json",
                    env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
