@@ -193,3 +193,17 @@ def test_loss_on_prepared_shards_cli_and_library(tmp_path, tiny_model_dir, capsy
     assert record["loss"] == pytest.approx(total / count, rel=1e-6)
     assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--split", "test"]) == 2
     assert "no split 'test'" in capsys.readouterr().err
+
+
+def test_ranks_share_the_windows_without_overlap(monkeypatch):
+    # What each of 2 torchrun ranks computes before the all-reduce, here in one process: together, everything once.
+    torch.manual_seed(0)
+    stub = BigramStub()
+    tokens = torch.randint(0, 101, (150,))
+    full = loss.evaluate_loss(stub, tokens, stride=5, batch_size=2)
+    parts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(loss, "rank_and_world", lambda rank=rank: (rank, 2))
+        parts.append(loss.evaluate_loss(stub, tokens, stride=5, batch_size=2))
+    assert sum(p.tokens for p in parts) == full.tokens == 149 and min(p.tokens for p in parts) > 0
+    assert sum(p.loss * p.tokens for p in parts) / full.tokens == pytest.approx(full.loss, rel=1e-6)

@@ -13,8 +13,9 @@ batch, padded on the right. Right padding is harmless under causal attention (a 
 positions after it), and padded positions get target -100, so they add nothing to any loss. Logits are
 computed only where an ending token is predicted (common.logits_at).
 
-A row longer than the model's context is cropped from the left: the ending is kept whole and the start of the
-context is dropped (the released models have 1024 positions; no HellaSwag example comes near that).
+A row longer than the model's context is cropped from the left: the start of the context is dropped and the
+ending kept whole (only an ending longer than the whole context would lose its start too). The released models
+have 1024 positions; no HellaSwag example comes near that, but a small model trained with a short context may.
 """
 
 from __future__ import annotations
