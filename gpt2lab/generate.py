@@ -174,18 +174,9 @@ def generate(
 
 def check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size) -> int:
     """Refuse unusable settings with a message naming the fix; returns the effective vocab_size."""
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p, seed)
     model_vocab = model.config.vocab_size
     vocab_size = model_vocab if vocab_size is None else vocab_size
-    if not _is_int(max_new_tokens) or max_new_tokens <= 0:
-        raise SamplingError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise SamplingError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k <= 0):
-        raise SamplingError(f"top_k must be a positive integer (or None for no top-k), got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise SamplingError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
-    if seed is not None and not _is_int(seed):
-        raise SamplingError(f"seed must be an integer or None, got {seed!r}")
     if not _is_int(vocab_size) or not 0 < vocab_size <= model_vocab:
         raise SamplingError(f"vocab_size must be in 1..{model_vocab} (the model's vocabulary), got {vocab_size!r}")
     if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < vocab_size):
@@ -201,6 +192,24 @@ def check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, s
     if low < 0 or high >= model_vocab:
         raise SamplingError(f"idx holds token id {low if low < 0 else high}, outside the model's 0..{model_vocab - 1}")
     return vocab_size
+
+
+def check_sampling_settings(max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None) -> None:
+    """The checks that need no model (the CLI runs them before spending time on loading one)."""
+    if not _is_int(max_new_tokens) or max_new_tokens <= 0:
+        raise SamplingError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise SamplingError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k <= 0):
+        raise SamplingError(f"top_k must be a positive integer (or None for no top-k), got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise SamplingError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
+        raise SamplingError(f"seed must be an integer in 0..2**64-1 or None, got {seed!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value) -> bool:
