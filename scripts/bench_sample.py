@@ -2,9 +2,11 @@
 
 All in one process on the same random GPT-2 124M weights, batch 1, top-k 50 sampling. Runs alternate
 (ours, transformers, ours bf16, ...) so that other load on the machine hits every method alike; the table shows
-the median tokens/s of each and the ratios. Needs transformers (pip install -e .[bench]).
+the median tokens/s of each and the ratios, by wall-clock time and by CPU time of this process. On a machine
+shared with other jobs, CPU time with --threads 1 is the steadier measure (wall time also counts the time other
+processes held the core). Needs transformers (pip install -e .[bench]).
 
-    python scripts/bench_sample.py --new-tokens 256 --rounds 3
+    python scripts/bench_sample.py --new-tokens 256 --rounds 3 [--threads 1]
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from gpt2lab.generate import sample_next
 PROMPT = [15496, 11, 314, 1101, 257, 3303, 2746, 11]  # "Hello, I'm a language model,"
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads)"""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def no_cache_generate(model, idx, new_tokens, generator):
@@ -42,7 +45,10 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-cache-rounds", type=int, default=1, help="the slow baseline; 0 skips it")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -73,26 +79,35 @@ def main():
     with torch.no_grad():
         hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=True, max_new_tokens=8, pad_token_id=50256)
 
-    speeds = {name: [] for name in methods}
-    for r in range(args.rounds):
-        for name, fn in methods.items():
-            speeds[name].append(n / timed(fn))
-        print(f"round {r + 1}: " + ", ".join(f"{name} {s[-1]:.1f}" for name, s in speeds.items()), flush=True)
-    if args.no_cache_rounds:
-        name = "gpt2lab fp32 no cache (recompute)"
-        speeds[name] = []
-        for _ in range(args.no_cache_rounds):
-            generator = torch.Generator().manual_seed(1)
-            speeds[name].append(n / timed(lambda: no_cache_generate(ours, idx, n, generator)))
-        # the cached run right after it, so that this ratio too compares like with like
-        speeds["gpt2lab fp32 (KV cache)"].append(n / timed(methods["gpt2lab fp32 (KV cache)"]))
-        print(f"no cache: {speeds[name][-1]:.1f}, cached right after: {speeds['gpt2lab fp32 (KV cache)'][-1]:.1f}")
+    wall = {name: [] for name in methods}  # tokens/s per run
+    cpu = {name: [] for name in methods}
 
-    hf_speed = statistics.median(speeds["transformers fp32 (use_cache=True)"])
-    print(f"\n| method | tokens/s (median) | vs transformers fp32 |\n|---|---:|---:|")
-    for name, s in speeds.items():
-        med = statistics.median(s)
-        print(f"| {name} | {med:.1f} | {med / hf_speed:.2f}x |")
+    def measure(name, fn):
+        w, c = timed(fn)
+        wall.setdefault(name, []).append(n / w)
+        cpu.setdefault(name, []).append(n / c)
+        return f"{name} {n / w:.1f} wall, {n / c:.1f} cpu"
+
+    for r in range(args.rounds):
+        print(f"round {r + 1}: " + "; ".join(measure(name, fn) for name, fn in methods.items()), flush=True)
+    for _ in range(args.no_cache_rounds):
+        generator = torch.Generator().manual_seed(1)
+        line = measure("gpt2lab fp32 no cache (recompute)", lambda: no_cache_generate(ours, idx, n, generator))
+        # the cached run right after it, so that this ratio too compares like with like
+        print(f"{line}; {measure('gpt2lab fp32 (KV cache)', methods['gpt2lab fp32 (KV cache)'])}", flush=True)
+
+    base_wall = statistics.median(wall["transformers fp32 (use_cache=True)"])
+    base_cpu = statistics.median(cpu["transformers fp32 (use_cache=True)"])
+    print("\n| method | tokens/s wall | vs transformers fp32 | tokens/s CPU time | vs transformers fp32 |")
+    print("|---|---:|---:|---:|---:|")
+    for name in wall:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"| {name} | {w:.1f} | {w / base_wall:.2f}x | {c:.1f} | {c / base_cpu:.2f}x |")
+    print(f"(medians of {args.rounds} alternating rounds; each run = {n} new tokens)")
+    if args.no_cache_rounds:
+        speedup = lambda t: statistics.median(t["gpt2lab fp32 (KV cache)"]) / statistics.median(  # noqa: E731
+            t["gpt2lab fp32 no cache (recompute)"])
+        print(f"KV cache speed-up over recomputation: {speedup(wall):.1f}x wall, {speedup(cpu):.1f}x CPU time")
 
 
 if __name__ == "__main__":
