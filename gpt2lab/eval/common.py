@@ -1,0 +1,43 @@
+"""What both evaluations need from a model they did not build: the plain module, and a precision context."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP and torch.compile wrappers.
+
+    Evaluation batches change shape from one forward to the next (HellaSwag rows differ in length, the last
+    loss window is short). Through a torch.compile'd module every new shape would trigger a recompilation
+    (tens of seconds each, and a recompile limit after which it falls back anyway), so evaluation runs the
+    eager module underneath: same weights, same device, no compilation. Through DDP, a forward pass would
+    take part in DDP's gradient bookkeeping, which evaluation does not want either.
+    """
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for the forward pass (None or float32: full precision). Losses are summed in float32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process in the initialised process group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
