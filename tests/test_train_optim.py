@@ -1,5 +1,6 @@
 """Optimizer groups, LR schedule, gradient accumulation, and that training learns (tiny models, CPU)."""
 
+import json
 import math
 
 import pytest
@@ -95,8 +96,13 @@ def test_a_single_batch_can_be_overfit():
 
 def test_loss_decreases_over_a_few_dozen_steps(tmp_path):
     data = write_dataset(tmp_path / "data")
-    result = train(tiny_config(data, schedule__max_steps=40, eval__val_every=40), tmp_path / "run",
-                   log=lambda line: None)
+    hellaswag = tmp_path / "hellaswag.jsonl"  # four tiny examples in the official format: the in-loop hook runs
+    hellaswag.write_text("".join(json.dumps({"ctx": f"A man {i}", "endings": ["runs.", "sits.", "eats.", "is."],
+                                             "label": i}) + "\n" for i in range(4)))
+    result = train(tiny_config(data, schedule__max_steps=40, eval__val_every=40, eval__hellaswag_every=20,
+                               eval__hellaswag_data=hellaswag), tmp_path / "run", log=lambda line: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "hellaswag_acc_norm" in r] == [20, 40]
     by_step = losses(tmp_path / "run")
     assert sorted(by_step) == list(range(1, 41))
     first, last = sum(by_step[s] for s in range(1, 4)) / 3, sum(by_step[s] for s in range(38, 41)) / 3
