@@ -85,3 +85,23 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "step_00000004", "step_00000008", "step_00000010"]
     assert sorted(losses(run)) == list(range(1, 11))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--out", str(run),
+                             *map(str, cli_flags(data, **RESUMABLE))],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and max(losses(run), default=0) >= 2:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    stopped = max(losses(run))
+    assert stopped < 20 and f"stopped by SIGINT at step {stopped}" in out
+    assert latest_checkpoint(run).name == f"step_{stopped:08d}"  # saved at the step it stopped, not the last periodic
