@@ -92,6 +92,9 @@ def _run_prepare(args) -> int:
         strict=args.strict, overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress,
     )
     prepare(config, log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- eval
 
 
@@ -159,7 +162,6 @@ def run_eval(args) -> int:
     if ctx.enabled:
         distributed.exit_process(0)  # a torchrun worker must leave this way (see distributed.exit_process)
     return 0
-
 
 # Each entry adds one subcommand (its flags, and `run` set to the function that executes it).
 COMMANDS = [add_prepare_command]

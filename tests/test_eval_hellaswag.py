@@ -206,8 +206,8 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, tiny_model_dir, hella
     assert (distributed["acc"], distributed["acc_norm"]) == (single.acc, single.acc_norm)
 
 
-def test_cli_prints_a_sentence_and_json(tiny_model_dir, hellaswag_file):
-    proc = run_cli("eval", tiny_model_dir, "--data", hellaswag_file, "--limit", "10", "--device", "cpu", "--json",
+def test_cli_json_matches_the_library(tiny_model_dir, hellaswag_file):
+    proc = run_cli("eval", tiny_model_dir, "--data", hellaswag_file, "--limit", "6", "--device", "cpu", "--json",
                    env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)

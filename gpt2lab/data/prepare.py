@@ -69,16 +69,16 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     stats = SourceStats()
     options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split)
     out = Path(config.out)
-    done = _existing_output(out, fingerprint, config.overwrite)
-    if isinstance(done, dict) and "splits" in done and "format" in done:
-        total = sum(s["tokens"] for shards in done["splits"].values() for s in shards)
+    complete, resume = _existing_output(out, fingerprint, config.overwrite)
+    if complete is not None:
+        total = sum(s["tokens"] for shards in complete["splits"].values() for s in shards)
         log(f"{out} already holds this dataset ({total:,} tokens, complete); nothing to do (--overwrite rebuilds it)")
-        return done
+        return complete
     documents = iter_documents(config.sources, options, stats)  # resolves sources: fails before writing
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        manifest = prepare_documents(documents, out, config, fingerprint, resume=done, stats=stats, log=log)
+        manifest = prepare_documents(documents, out, config, fingerprint, resume=resume, stats=stats, log=log)
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()
@@ -155,6 +155,7 @@ def _finish(run: _Run, config: PrepareConfig, fingerprint: dict, state: dict, st
                 "skipped": {"empty": stats.empty, "bad_json": len(stats.bad_json),
                             "missing_field": len(stats.missing_field), "bad_utf8_files": len(stats.bad_utf8_files)}}
     atomic_write_text(run.out / MANIFEST, json.dumps(manifest, indent=1))
+    os.chmod(run.out / MANIFEST, 0o644)  # readable like the shards (the temporary file was private)
     (run.out / STATE).unlink(missing_ok=True)
     counts = {s: (sum(x["tokens"] for x in splits[s]), sum(x["documents"] for x in splits[s]), len(splits[s]))
               for s in SPLITS}
@@ -301,13 +302,14 @@ def _ours(path: Path) -> bool:
             or (name.endswith(".bin") and name.split("_")[0] in SPLITS))
 
 
-def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
-    """What `out` holds: a complete manifest of this dataset (returned), a resumable state of it (returned),
-    or nothing usable (cleared). A different dataset is refused unless `overwrite`."""
+def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """(manifest, None) if `out` holds this dataset complete; (None, progress) if an unfinished prepare of it
+    can resume; (None, None) after clearing anything else of ours. A different dataset is refused unless
+    `overwrite`; files that are not ours are always refused."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a directory")
     if not out.exists():
-        return None
+        return None, None
     foreign = [p.name for p in out.iterdir() if not _ours(p)]
     if foreign:
         raise DataError(f"--out {out} holds files that are not a gpt2lab dataset ({', '.join(sorted(foreign)[:3])}); "
@@ -320,7 +322,7 @@ def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> dict | No
             previous = None
         if previous is not None and {"sources": previous.get("sources"), "args": previous.get("args")} == fingerprint:
             if _shards_intact(out, previous["splits"], check_hash=False):
-                return previous
+                return previous, None
             previous = None  # ours but damaged: start over
     elif (out / STATE).exists():
         with contextlib.suppress(OSError, ValueError):
@@ -329,14 +331,14 @@ def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> dict | No
             for p in out.glob(f"{TMP_PREFIX}*"):  # an interrupted shard: its documents are redone
                 p.unlink()
             if _shards_intact(out, previous["splits"], check_hash=True):
-                return {"splits": previous["splits"], "last_document": previous["last_document"]}
+                return None, {"splits": previous["splits"], "last_document": previous["last_document"]}
             previous = None  # damaged: start over
     if previous is not None and not overwrite:
         raise DataError(f"--out {out} holds a different dataset (or different prepare options); choose another "
                         f"--out, rerun with the same options, or pass --overwrite to replace it")
     for p in out.iterdir():  # our files only (checked above): a clean start
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return None
+    return None, None
 
 
 def _shards_intact(out: Path, splits: dict, check_hash: bool) -> bool:

@@ -8,6 +8,7 @@ SOURCE is one of: a file, a directory (searched recursively), or a glob of `.txt
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -107,7 +108,10 @@ def _reader_for(spec: str, options: SourceOptions) -> Callable[[SourceStats], It
         from gpt2lab.data.shakespeare import shakespeare_documents
         return lambda stats: shakespeare_documents()
     if spec.startswith("hf:"):
-        return lambda stats: _read_hf(spec, options, stats)
+        parts = spec[3:].split(":")
+        if not parts[0] or len(parts) > 2:
+            raise DataError(f"{spec!r}: write a Hugging Face dataset as hf:NAME or hf:NAME:CONFIG")
+        return lambda stats: _read_hf(spec, parts[0], parts[1] if len(parts) == 2 else None, options, stats)
     files = resolve_files(spec)
     return lambda stats: (doc for f in files for doc in _read_file(f, options, stats))
 
@@ -203,21 +207,25 @@ def _read_parquet(path: Path, options: SourceOptions, stats: SourceStats) -> Ite
                 yield Document(text, f"{path} row {row}")
 
 
-def _read_hf(spec: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+def _read_hf(spec: str, name: str, config: str | None, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
     """`hf:NAME[:CONFIG]` streamed with `datasets` (nothing downloaded up front; --max-tokens takes a prefix)."""
     import datasets
 
-    parts = spec[3:].split(":")
-    if not parts[0] or len(parts) > 2:
-        raise DataError(f"{spec!r}: write a Hugging Face dataset as hf:NAME or hf:NAME:CONFIG")
-    name, config = parts[0], (parts[1] if len(parts) == 2 else None)
     try:
         dataset = datasets.load_dataset(name, config, split=options.hf_split, streaming=True)
     except Exception as e:  # offline, unknown name/config/split: datasets raises many types
         raise DataError(f"cannot open Hugging Face dataset {name!r} (config {config}, split {options.hf_split!r}): "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; check the name and your "
                         f"internet connection") from None
-    for i, record in enumerate(dataset):
+    records = iter(dataset)
+    for i in itertools.count():
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except Exception as e:  # the connection dropped mid-stream: finished shards are kept for a rerun
+            raise DataError(f"reading {spec} failed after {i:,} records ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0]}); rerun the same command to resume") from None
         text = _record_text(record, f"{spec} #{i}", options, stats)
         if text is not None:
             yield Document(text, f"{spec} #{i}")

@@ -41,3 +41,27 @@ def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def logits_at(model, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K, vocab) at `positions` (B, K) of each row of `inputs` (B, T).
+
+    The vocabulary projection is the largest matmul of a small GPT (and 30% of GPT-2 124M's), yet evaluation
+    needs it only where a target is scored: a HellaSwag row's ending (a third of the row or less), the new
+    targets of a sliding window. So when the model has GPT-2's final LayerNorm (`transformer.ln_f`, whose output
+    goes straight into lm_head), a forward hook passes on only those positions; the blocks before it are
+    unaffected. Any other model computes all logits and the positions are picked afterwards: same numbers.
+    """
+
+    def pick(hidden):
+        return hidden.gather(1, positions[..., None].expand(-1, -1, hidden.size(-1)))
+
+    ln_f = getattr(getattr(model, "transformer", None), "ln_f", None)
+    if ln_f is None:
+        return pick(model(inputs)[0])
+    handle = ln_f.register_forward_hook(lambda module, args, output: pick(output))
+    try:
+        logits, _ = model(inputs)
+    finally:
+        handle.remove()
+    return logits

@@ -10,10 +10,12 @@ GPT-2 evaluation as reproduced by build-nanogpt (GPT-2 124M: acc 0.2859, acc_nor
     endings.
 Where build-nanogpt runs one example (4 rows) per forward pass, we put several examples x 4 endings in one
 batch, padded on the right. Right padding is harmless under causal attention (a position never sees the
-positions after it), and padded positions get target -100, so they add nothing to any loss.
+positions after it), and padded positions get target -100, so they add nothing to any loss. Logits are
+computed only where an ending token is predicted (common.logits_at).
 
-A row longer than the model's context is cropped from the left: the ending is kept whole and the start of the
-context is dropped (the released models have 1024 positions; no HellaSwag example comes near that).
+A row longer than the model's context is cropped from the left: the start of the context is dropped and the
+ending kept whole (only an ending longer than the whole context would lose its start too). The released models
+have 1024 positions; no HellaSwag example comes near that, but a small model trained with a short context may.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from gpt2lab import distributed
 from gpt2lab.atomic import atomic_path
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.eval.common import autocast, model_device, plain_module, rank_and_world
+from gpt2lab.eval.common import autocast, logits_at, model_device, plain_module, rank_and_world
 from gpt2lab.tokenizer import cache_dir, get_tokenizer
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -190,22 +192,25 @@ def row_tokens(example: TokenizedExample, ending: int, block_size: int, eot_toke
 def ending_losses(model, examples: list[TokenizedExample], device=None, autocast_dtype=None):
     """(sum, mean): the loss of each ending of each example, two float32 tensors of shape (n, 4), on the CPU.
 
-    One forward pass over all n x 4 rows, right-padded to the longest.
+    One forward pass over all n x 4 rows, right-padded to the longest; logits only at the ending's positions.
     """
     model = plain_module(model)
     device = torch.device(device) if device is not None else model_device(model)
     rows = [row_tokens(ex, i, model.config.block_size) for ex in examples for i in range(NUM_ENDINGS)]
     width = max(len(tokens) for tokens, _ in rows) - 1
+    scored = max(len(tokens) - first_target for tokens, first_target in rows)  # the longest ending
     inputs = torch.full((len(rows), width), PAD_TOKEN, dtype=torch.long)
-    targets = torch.full((len(rows), width), -100, dtype=torch.long)
+    positions = torch.zeros((len(rows), scored), dtype=torch.long)  # where each ending token is predicted
+    targets = torch.full((len(rows), scored), -100, dtype=torch.long)  # -100: padding, never a loss
     for r, (tokens, first_target) in enumerate(rows):
         row = torch.tensor(tokens, dtype=torch.long)
         inputs[r, : len(tokens) - 1] = row[:-1]
-        # position p predicts token p + 1: the ending's tokens are predicted at positions first_target - 1 ...
-        targets[r, first_target - 1 : len(tokens) - 1] = row[first_target:]
-    inputs, targets = inputs.to(device), targets.to(device)
+        n = len(tokens) - first_target
+        positions[r, :n] = torch.arange(first_target - 1, len(tokens) - 1)  # position p predicts token p + 1
+        targets[r, :n] = row[first_target:]
+    inputs, positions, targets = inputs.to(device), positions.to(device), targets.to(device)
     with torch.no_grad(), autocast(device, autocast_dtype):
-        logits, _ = model(inputs)
+        logits = logits_at(model, inputs, positions)
     token_losses = F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
     ).view_as(targets)

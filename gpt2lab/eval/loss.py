@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from gpt2lab import distributed
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.eval.common import autocast, model_device, plain_module, rank_and_world
+from gpt2lab.eval.common import autocast, logits_at, model_device, plain_module, rank_and_world
 from gpt2lab.tokenizer import get_tokenizer
 
 
@@ -121,19 +121,27 @@ def evaluate_loss(
 def _window_losses(model, jobs, device, autocast_dtype) -> tuple[float, int]:
     """(summed loss, number of targets) of a batch of windows, right-padded to the longest."""
     width = max(w.end - w.start for _, w in jobs)
+    scored = max(w.end - w.first_target + 1 for _, w in jobs)
     inputs = torch.zeros((len(jobs), width), dtype=torch.long)
-    targets = torch.full((len(jobs), width), -100, dtype=torch.long)
+    positions = torch.zeros((len(jobs), scored), dtype=torch.long)
+    targets = torch.full((len(jobs), scored), -100, dtype=torch.long)  # -100: padding, never a loss
     for r, (stream, w) in enumerate(jobs):
         row = torch.from_numpy(np.asarray(stream[w.start : w.end + 1], dtype=np.int64))
         inputs[r, : w.end - w.start] = row[:-1]
-        # position p predicts token start + p + 1; targets before first_target were scored by an earlier window
-        targets[r, w.first_target - w.start - 1 : w.end - w.start] = row[w.first_target - w.start :]
+        # only targets first_target ..= end are new (earlier ones were scored by an earlier window); token t is
+        # predicted at input position t - start - 1
+        n = w.end - w.first_target + 1
+        positions[r, :n] = torch.arange(w.first_target - w.start - 1, w.end - w.start)
+        targets[r, :n] = row[w.first_target - w.start :]
     vocab_size = model.config.vocab_size
-    if int(inputs.max()) >= vocab_size or int(targets.max()) >= vocab_size:
-        raise GPT2LabError(f"the data holds token ids >= the model's vocabulary size {vocab_size}; wrong tokenizer?")
-    inputs, targets = inputs.to(device), targets.to(device)
+    largest = max(int(inputs.max()), int(targets.max()))
+    if largest >= vocab_size:
+        raise GPT2LabError(
+            f"the data holds token id {largest}, beyond the model's vocabulary of {vocab_size}; wrong tokenizer?"
+        )
+    inputs, positions, targets = inputs.to(device), positions.to(device), targets.to(device)
     with torch.no_grad(), autocast(device, autocast_dtype):
-        logits, _ = model(inputs)
+        logits = logits_at(model, inputs, positions)
     loss_sum = F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
     )
