@@ -216,7 +216,8 @@ def add_sample_command(commands) -> None:
         "several are generated together and printed one after another. Generation stops at <|endoftext|>. "
         "The prompt comes from --prompt, --prompt-file, or standard input when it is piped "
         f"(`echo Hi | gpt2lab sample gpt2`); with none of these it is {DEFAULT_PROMPT!r}. An empty prompt "
-        "samples unconditionally (from <|endoftext|>). The same --seed gives the same text on the same device.",
+        "samples unconditionally (from <|endoftext|>); one longer than the model's context is cropped from the "
+        "left, with a warning. The same --seed and --num-samples give the same text on the same device.",
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--prompt", help=f"text to continue (default {DEFAULT_PROMPT!r}; '' = unconditional)")
@@ -227,7 +228,7 @@ def add_sample_command(commands) -> None:
     p.add_argument("--num-samples", type=int, default=5, metavar="N", help="samples to generate (default 5)")
     p.add_argument("--max-new-tokens", type=int, default=30, metavar="N", help="tokens per sample (default 30)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1.0)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softmax temperature; 0 = greedy (default 1.0)")
     p.add_argument(
         "--top-k", type=_int_or_none, default=50, metavar="K",
         help="sample among the K most likely tokens; 'none' = no limit (default 50)",
