@@ -54,9 +54,23 @@ def test_token_counts_and_lossless_round_trip(tmp_path):
         assert sum(s["tokens"] for s in shards) == sum(len(tok.encode(t)) + 1 for t in texts)
         assert sum(s["documents"] for s in shards) == len(texts)
         assert documents_of(out, split) == texts
+        shard_tokens = np.concatenate([np.asarray(m) for m in split_tokens(out, split)]).tolist()
+        assert shard_tokens == [t for text in texts for t in [tok.eot_token, *tok.encode(text)]]
     assert len(manifest["splits"]["train"]) > 2  # tiny shard size: several shards
     assert read_manifest(out) == manifest
     assert not list(out.glob(".tmp-*")) and not (out / "prepare-state.json").exists()
+
+
+def test_output_inside_the_source_folder_is_not_read_back(tmp_path):
+    corpus = write_txt_corpus(tmp_path / "corpus")
+    out = corpus / "data"
+    config = PrepareConfig([str(corpus)], str(out), val_docs=0, progress=False)
+    first = prepare(config, log=quiet)
+    logs = []
+    prepare(PrepareConfig([str(corpus)], str(corpus / "data2"), val_docs=0, progress=False), log=logs.append)
+    assert documents_of(corpus / "data2", "train") == TEXTS  # data/manifest.json was not taken as a document
+    assert not [line for line in logs if "skipped" in line]  # not even tried as one
+    assert first["splits"]["train"][0]["sha256"] == read_manifest(corpus / "data2")["splits"]["train"][0]["sha256"]
 
 
 def test_val_fraction_routes_whole_documents_deterministically(tmp_path):

@@ -59,14 +59,15 @@ class TokenLoader:
         return x, y
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
+        """Plain ints only (JSON, TOML or a weights_only checkpoint all hold it)."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": int(self.shuffle),
                 "batch_size": self.batch_size, "seq_len": self.seq_len, "world_size": self.world_size,
-                "num_tokens": self.num_tokens, "split": self.split}
+                "num_tokens": self.num_tokens}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` was taken (any rank's state: all ranks share the position)."""
-        for key in ("seed", "shuffle", "batch_size", "seq_len", "world_size", "num_tokens", "split"):
-            if key in state and state[key] != getattr(self, key):
+        for key in ("seed", "shuffle", "batch_size", "seq_len", "world_size", "num_tokens"):
+            if key in state and state[key] != int(getattr(self, key)):
                 raise DataError(f"loader state was saved with {key}={state[key]!r} but this loader has "
                                 f"{getattr(self, key)!r}; resume with the same data and batch settings")
         self.reset(int(state["epoch"]))

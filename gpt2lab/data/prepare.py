@@ -58,8 +58,9 @@ class _Run:
     """Everything one prepare tracks while it streams."""
     out: Path
     writers: dict = field(default_factory=dict)
-    tokens: int = 0
-    documents: int = 0
+    tokens: int = 0  # in finished and open shards, resumed ones included
+    resumed_tokens: int = 0
+    documents: int = 0  # tokenised by this run
 
 
 def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
@@ -67,8 +68,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     _check_config(config)
     fingerprint = _fingerprint(config)
     stats = SourceStats()
-    options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split)
     out = Path(config.out)
+    options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split,
+                            exclude=out)
     complete, resume = _existing_output(out, fingerprint, config.overwrite)
     if complete is not None:
         total = sum(s["tokens"] for shards in complete["splits"].values() for s in shards)
@@ -104,12 +106,12 @@ def prepare_documents(documents: Iterable[Document], out: Path, config: PrepareC
     for split in SPLITS:
         run.writers[split] = ShardWriter(out, split, config.shard_size, state["splits"][split], save_state)
         run.writers[split].last_document = resume["last_document"][split]
-    run.tokens = sum(s["tokens"] for shards in state["splits"].values() for s in shards)
+    run.tokens = run.resumed_tokens = sum(s["tokens"] for shards in state["splits"].values() for s in shards)
     if run.tokens:
         log(f"resuming: {run.tokens:,} tokens in finished shards are kept")
     encode = _encoder()
     threads = config.threads or os.cpu_count() or 1
-    bar = tqdm(total=config.max_tokens, initial=run.tokens, unit="tok", unit_scale=True, dynamic_ncols=True,
+    bar = tqdm(total=config.max_tokens, initial=run.tokens, unit="tok", unit_scale=True,
                desc="tokenising", disable=None if config.progress else True)
     started = time.perf_counter()
     try:
@@ -160,7 +162,8 @@ def _finish(run: _Run, config: PrepareConfig, fingerprint: dict, state: dict, st
     counts = {s: (sum(x["tokens"] for x in splits[s]), sum(x["documents"] for x in splits[s]), len(splits[s]))
               for s in SPLITS}
     summary = ", ".join(f"{s}: {t:,} tokens in {d:,} documents, {n} shard(s)" for s, (t, d, n) in counts.items())
-    rate = f" ({run.tokens / seconds:,.0f} tokens/s this run)" if run.documents and seconds > 0 else ""
+    new_tokens = run.tokens - run.resumed_tokens
+    rate = f" ({new_tokens / seconds:,.0f} tokens/s this run)" if run.documents and seconds > 0 else ""
     log(f"wrote {run.out}: {summary}{rate}")
     return manifest
 
@@ -183,7 +186,8 @@ class _BatchReader:
 
     def __exit__(self, *exc):
         self.stop.set()
-        while self.thread.is_alive():  # unblock a reader waiting on a full queue
+        deadline = time.monotonic() + 10  # a reader stuck in a slow source (network) is a daemon: leave it
+        while self.thread.is_alive() and time.monotonic() < deadline:  # unblock a reader on a full queue
             with contextlib.suppress(queue.Empty):
                 self.queue.get(timeout=0.05)
         return False
@@ -267,7 +271,7 @@ def _write(run: _Run, batch: list, tasks: list, config: PrepareConfig, bar) -> b
         if docs:
             run.writers[split].add(docs)
     run.tokens += added
-    bar.update(added)
+    bar.update(added if bar.total is None else max(0, min(added, bar.total - bar.n)))
     return more
 
 

@@ -58,6 +58,7 @@ class SourceOptions:
     text_field: str = "text"
     strict: bool = False
     hf_split: str = "train"
+    exclude: Path | None = None  # the output directory: never read our own manifest as a source
 
 
 def describe_source(spec: str) -> str:
@@ -74,8 +75,10 @@ def resolve_files(spec: str) -> list[Path]:
         files = [Path(p) for p in sorted(glob.glob(os.path.expanduser(spec), recursive=True)) if Path(p).is_file()]
         files = [f for f in files if f.suffix.lower() in SUFFIXES]
     elif path.is_dir():
+        datasets = [m.parent for m in path.rglob("manifest.json") if _is_dataset_dir(m.parent)]
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                       and not any(d in p.parents for d in datasets))
     elif path.is_file():
         if path.suffix.lower() not in SUFFIXES:
             raise DataError(f"{spec}: unsupported file type {path.suffix or '(none)'!r}; use .txt, .jsonl, .json or .parquet")
@@ -85,6 +88,15 @@ def resolve_files(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"no .txt/.jsonl/.json/.parquet files match {spec!r}")
     return files
+
+
+def _is_dataset_dir(folder: Path) -> bool:
+    """A gpt2lab token dataset (prepared earlier, maybe inside the corpus folder): not a source of text."""
+    try:
+        with open(folder / "manifest.json", "rb") as f:
+            return b"gpt2lab-shards/" in f.read(200)
+    except OSError:
+        return False
 
 
 def iter_documents(specs: list[str], options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
@@ -113,6 +125,11 @@ def _reader_for(spec: str, options: SourceOptions) -> Callable[[SourceStats], It
             raise DataError(f"{spec!r}: write a Hugging Face dataset as hf:NAME or hf:NAME:CONFIG")
         return lambda stats: _read_hf(spec, parts[0], parts[1] if len(parts) == 2 else None, options, stats)
     files = resolve_files(spec)
+    if options.exclude is not None:
+        skip = options.exclude.resolve()
+        files = [f for f in files if skip not in f.resolve().parents]
+        if not files:
+            raise DataError(f"{spec!r} only matches files inside the output directory {options.exclude}")
     return lambda stats: (doc for f in files for doc in _read_file(f, options, stats))
 
 
