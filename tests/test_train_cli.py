@@ -134,3 +134,14 @@ def test_bad_inputs_in_process(tmp_path, capsys):
     assert latest_checkpoint(diverging).name == "step_00000001"  # the last good one is kept...
     assert load_model(diverging)  # ... and loads
     assert max(losses(diverging)) == 1  # the NaN step was not logged as if it were a result
+
+
+def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    assert run_main(capsys, "train", "--out", run, "--init", tiny_model_dir, *cli_flags(data, schedule__max_steps=3)
+                    ).returncode == 0
+    start, tuned = load_model(tiny_model_dir), load_model(run)
+    assert tuned.config == start.config  # the shape comes from the model, not from the [model] section
+    moved = tuned.state_dict()["transformer.h.0.mlp.c_fc.weight"] - start.state_dict()["transformer.h.0.mlp.c_fc.weight"]
+    assert 0 < float(moved.abs().max()) < 0.1  # trained a little, from those weights
