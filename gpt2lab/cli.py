@@ -4,6 +4,7 @@ library functions, and prints. A `GPT2LabError` (bad user input) becomes one lin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `gpt2lab train` also takes any config key as a dotted flag (`--optim.lr 3e-4`): left over by argparse.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_config_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.config_flags = extra
     try:
         return args.run(args) or 0
     except GPT2LabError as e:
@@ -42,6 +48,51 @@ def _version() -> str:
     from gpt2lab import __version__
 
     return f"gpt2lab {__version__}"
+
+
+def _token_count(text: str) -> int:
+    """'100M', '2.5B', '50k' or a plain integer."""
+    scale = {"k": 10**3, "m": 10**6, "b": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 100M, 2.5B, 50000)") from None
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens")
+    return int(value)
+
+
+def add_prepare_command(commands) -> None:
+    p = commands.add_parser("prepare", help="tokenise a corpus into GPT-2 token shards for training",
+                            description="Tokenise documents into uint16 GPT-2 token shards + manifest.json. SOURCE: "
+                            ".txt/.jsonl/.json/.parquet files, directories or globs; hf:NAME[:CONFIG]; shakespeare.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--shard-size", type=_token_count, default=100_000_000, help="tokens per shard (default 100M)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--val-fraction", type=float, help="every (1/F)-th document goes to val (default 0.01; "
+                       "shakespeare holds out whole plays)")
+    split.add_argument("--val-docs", type=int, help="the first N documents go to val")
+    p.add_argument("--text-field", default="text", help="JSON field / parquet column with the text (default text)")
+    p.add_argument("--hf-split", default="train", help="split of an hf: dataset (default train)")
+    p.add_argument("--max-tokens", type=_token_count, help="stop after this many tokens (a prefix)")
+    p.add_argument("--strict", action="store_true", help="malformed JSONL records are errors, not skipped")
+    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
+    p.add_argument("--threads", type=int, help="tokeniser threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from gpt2lab.data import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        sources=args.sources, out=args.out, shard_size=args.shard_size, val_fraction=args.val_fraction,
+        val_docs=args.val_docs, text_field=args.text_field, hf_split=args.hf_split, max_tokens=args.max_tokens,
+        strict=args.strict, overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress,
+    )
+    prepare(config, log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- eval
@@ -111,52 +162,6 @@ def run_eval(args) -> int:
     if ctx.enabled:
         distributed.exit_process(0)  # a torchrun worker must leave this way (see distributed.exit_process)
     return 0
-
-
-def _token_count(text: str) -> int:
-    """'100M', '2.5B', '50k' or a plain integer."""
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9}.get(text[-1:].lower(), 1)
-    try:
-        value = float(text[:-1] if scale > 1 else text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 100M, 2.5B, 50000)") from None
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens")
-    return int(value)
-
-
-def add_prepare_command(commands) -> None:
-    p = commands.add_parser("prepare", help="tokenise a corpus into GPT-2 token shards for training",
-                            description="Tokenise documents into uint16 GPT-2 token shards + manifest.json. SOURCE: "
-                            ".txt/.jsonl/.json/.parquet files, directories or globs; hf:NAME[:CONFIG]; shakespeare.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--shard-size", type=_token_count, default=100_000_000, help="tokens per shard (default 100M)")
-    split = p.add_mutually_exclusive_group()
-    split.add_argument("--val-fraction", type=float, help="every (1/F)-th document goes to val (default 0.01; "
-                       "shakespeare holds out whole plays)")
-    split.add_argument("--val-docs", type=int, help="the first N documents go to val")
-    p.add_argument("--text-field", default="text", help="JSON field / parquet column with the text (default text)")
-    p.add_argument("--hf-split", default="train", help="split of an hf: dataset (default train)")
-    p.add_argument("--max-tokens", type=_token_count, help="stop after this many tokens (a prefix)")
-    p.add_argument("--strict", action="store_true", help="malformed JSONL records are errors, not skipped")
-    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
-    p.add_argument("--threads", type=int, help="tokeniser threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=_run_prepare)
-
-
-def _run_prepare(args) -> int:
-    from gpt2lab.data import PrepareConfig, prepare
-
-    config = PrepareConfig(
-        sources=args.sources, out=args.out, shard_size=args.shard_size, val_fraction=args.val_fraction,
-        val_docs=args.val_docs, text_field=args.text_field, hf_split=args.hf_split, max_tokens=args.max_tokens,
-        strict=args.strict, overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress,
-    )
-    prepare(config, log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
-    return 0
-
 
 # Each entry adds one subcommand (its flags, and `run` set to the function that executes it).
 
@@ -362,5 +367,110 @@ def _drop_final_newline(text: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def add_train_command(commands) -> None:
+    p = commands.add_parser(
+        "train", help="train GPT-2 from scratch or fine-tune one (CPU, GPU, or torchrun for many)",
+        description="Train with a preset and/or a TOML/YAML config, any key overridable: `--set optim.lr=3e-4` "
+        "or `--optim.lr 3e-4`. Under torchrun every process runs this same command. Ctrl-C saves a checkpoint; "
+        "--resume continues exactly where the newest checkpoint left off.")
+    p.add_argument("--preset", help="a shipped config (shakespeare-cpu, gpt2-124m-fineweb-edu)")
+    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of [section] key = value")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (config, metrics, samples, checkpoints)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a config key")
+    p.add_argument("--init", metavar="MODEL", help="'scratch' or a MODEL to fine-tune (shortcut for model.init)")
+    p.add_argument("--steps", type=int, help="shortcut for schedule.max_steps")
+    p.add_argument("--device", help="shortcut for runtime.device (auto, cpu, cuda, mps)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-keys", action="store_true", help="print every config key with its value and exit")
+    p.set_defaults(run=run_train, takes_config_flags=True)
+
+
+def _config_overrides(args) -> list[tuple[str, str]]:
+    from gpt2lab.train.config import ConfigError, parse_override
+
+    overrides = [parse_override(item) for item in args.set]
+    flags = list(args.config_flags)
+    while flags:
+        flag = flags.pop(0)
+        if not flag.startswith("--") or "." not in flag.split("=")[0]:
+            raise ConfigError(f"unrecognized argument '{flag}'; config keys are given as --section.key VALUE "
+                              f"or --set section.key=VALUE")
+        if "=" in flag:
+            overrides.append(parse_override(flag[2:]))
+        elif flags:
+            overrides.append((flag[2:], flags.pop(0)))
+        else:
+            raise ConfigError(f"{flag} needs a value")
+    for key, value in (("model.init", args.init), ("schedule.max_steps", args.steps), ("runtime.device", args.device)):
+        if value is not None:
+            overrides.append((key, str(value)))
+    return overrides
+
+
+def run_train(args) -> int:
+    from gpt2lab import distributed
+
+    try:
+        code = _run_train(args)
+    except GPT2LabError as e:
+        if not distributed.launched_by_torchrun():
+            raise
+        if int(os.environ.get("RANK", 0)) == 0:  # the same error on every rank: say it once
+            print(f"gpt2lab train: error: {e}", file=sys.stderr)
+        code = 2
+    if distributed.launched_by_torchrun():
+        distributed.exit_process(code)  # never returns; see exit_process for why
+    return code
+
+
+def _run_train(args) -> int:
+    from gpt2lab.train.config import read_run_config, resolve_config, to_toml
+    from gpt2lab.train.trainer import train
+
+    base = None
+    if args.resume and not (args.preset or args.config) and args.out and (Path(args.out) / "config.toml").is_file():
+        base = read_run_config(args.out)  # `--resume` alone: continue with the run's own config
+    config = resolve_config(args.preset, args.config, _config_overrides(args), base=base)
+    if args.list_keys:
+        print(to_toml(config), end="")
+        return 0
+    if not args.out:
+        raise GPT2LabError("--out RUN_DIR is required: the directory for config, metrics, samples and checkpoints")
+    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    return result.exit_code
+
+
+# --------------------------------------------------------------------------------------------- plot
+
+
+def add_plot_command(commands) -> None:
+    p = commands.add_parser(
+        "plot", help="plot train/val loss (and HellaSwag) of one or more runs into a PNG",
+        description="Read RUN_DIR/metrics.jsonl of each run and draw train loss, val loss and, when logged, "
+        "HellaSwag accuracy, with OpenAI GPT-2 124M baselines as dashed lines.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE.png", help="output image (default: RUN_DIR/loss.png of the first run)")
+    p.add_argument("--no-baselines", action="store_true", help="leave out the GPT-2 124M reference lines")
+    p.set_defaults(run=run_plot)
+
+
+def run_plot(args) -> int:
+    from gpt2lab.plot import plot_runs
+
+    out = args.out or str(Path(args.runs[0]) / "loss.png")
+    path = plot_runs(args.runs, out, baselines=not args.no_baselines)
+    print(f"wrote {path}")
+    return 0
+
+
 # The subcommands, in the order `gpt2lab --help` lists them.
-COMMANDS = [add_inspect_command, add_sample_command, add_prepare_command, add_eval_command]
+COMMANDS = [
+    add_inspect_command, add_sample_command, add_prepare_command, add_train_command, add_eval_command, add_plot_command,
+]

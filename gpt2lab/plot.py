@@ -1,0 +1,74 @@
+"""`gpt2lab plot`: train/val loss (and HellaSwag accuracy when logged) of one or more runs, in one PNG.
+
+Dashed lines are OpenAI GPT-2 124M's scores, the baselines a from-scratch 124M run sets out to beat.
+"""
+
+from pathlib import Path
+
+from gpt2lab.atomic import atomic_path
+from gpt2lab.errors import GPT2LabError
+from gpt2lab.train.metrics import read_metrics
+
+BASELINE_VAL_LOSS = ("OpenAI GPT-2 124M (FineWeb-Edu val)", 3.2924)
+BASELINE_HELLASWAG = [("OpenAI GPT-2 124M", 0.2955), ("GPT-3 124M", 0.337)]
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for run in map(Path, run_dirs):
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            raise GPT2LabError(f"{run} has no metrics.jsonl: pass a run directory written by `gpt2lab train`")
+        records = read_metrics(path)
+        if not any("loss" in r for r in records):
+            raise GPT2LabError(f"{path} has no training steps logged yet")
+        runs.append((run.name or str(run), records))
+
+    has_hellaswag = any(any("hellaswag_acc_norm" in r for r in records) for _, records in runs)
+    fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 8, 5), squeeze=False)
+    ax = axes[0][0]
+    for i, (name, records) in enumerate(runs):
+        color = f"C{i}"
+        steps, loss = series(records, "loss")
+        ax.plot(steps, loss, color=color, alpha=0.35, linewidth=0.8, label=f"{name} train")
+        steps, val = series(records, "val_loss")
+        if steps:
+            ax.plot(steps, val, color=color, marker="o", markersize=3, label=f"{name} val")
+    if baselines:
+        label, value = BASELINE_VAL_LOSS
+        ax.axhline(value, color="red", linestyle="--", linewidth=1, label=f"{label} {value}")
+    ax.set(xlabel="step", ylabel="loss", title="loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    if has_hellaswag:
+        ax = axes[0][1]
+        for i, (name, records) in enumerate(runs):
+            steps, acc = series(records, "hellaswag_acc_norm")
+            if steps:
+                ax.plot(steps, acc, color=f"C{i}", marker="o", markersize=3, label=f"{name} acc_norm")
+        if baselines:
+            for (label, value), color in zip(BASELINE_HELLASWAG, ("red", "purple")):
+                ax.axhline(value, color=color, linestyle="--", linewidth=1, label=f"{label} {value}")
+        ax.set(xlabel="step", ylabel="accuracy", title="HellaSwag (acc_norm)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    fig.tight_layout()
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise GPT2LabError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return out

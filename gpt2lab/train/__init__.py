@@ -1,0 +1,6 @@
+"""Training: typed config, AdamW + schedule, the loop (one CPU to many GPUs), exactly resumable checkpoints."""
+
+from gpt2lab.train.config import TrainConfig, resolve_config
+from gpt2lab.train.trainer import TrainResult, Trainer, train
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_config", "train"]

@@ -1,0 +1,310 @@
+"""Training configuration: typed dataclasses, filled from defaults, a preset, a TOML/YAML file and the command line.
+
+Resolution order (later wins): dataclass defaults -> `--preset NAME` (gpt2lab/presets/NAME.toml) -> `--config FILE`
+-> `--set section.key=value` / `--section.key value` overrides. The resolved config is written to RUN/config.toml,
+so a run directory always says exactly how it was trained.
+"""
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2lab.errors import GPT2LabError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class ConfigError(GPT2LabError, ValueError):
+    """A config file, preset or override that does not fit TrainConfig."""
+
+
+@dataclass
+class ModelSection:
+    init: str = "scratch"  # "scratch", or a MODEL to fine-tune (gpt2, an HF directory, a run directory)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304  # 50257 padded to a multiple of 128: faster matmuls, the extra rows learn ~nothing
+
+
+@dataclass
+class DataSection:
+    dir: str = "data/fineweb-edu"  # a directory written by `gpt2lab prepare`
+    batch_size: int = 64  # B: sequences per micro-batch per process
+    seq_len: int = 1024  # T: tokens per sequence
+    total_batch_tokens: int = 524288  # tokens per optimizer step, over all processes and micro-batches
+    shuffle: bool = True
+    seed: int = 1337
+
+
+@dataclass
+class OptimSection:
+    lr: float = 6e-4  # peak learning rate, reached at the end of warmup
+    min_lr: float = 6e-5  # floor of the cosine decay
+    weight_decay: float = 0.1  # on >=2-D tensors only (matmul weights, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+
+
+@dataclass
+class ScheduleSection:
+    max_steps: int = 19073
+    warmup_steps: int = 715
+
+
+@dataclass
+class EvalSection:
+    val_every: int = 250  # steps between validation losses (0: never, except at the end)
+    val_batches: int = 20  # fixed validation micro-batches per evaluation
+    sample_every: int = 250  # steps between samples written to RUN/samples.txt (0: never)
+    sample_count: int = 2
+    sample_tokens: int = 64
+    sample_prompt: str = "\n"
+    sample_top_k: int = 50
+    hellaswag_every: int = 0  # 0: off
+    hellaswag_data: str = ""  # hellaswag_val.jsonl; empty: the gpt2lab cache (downloaded when online)
+    hellaswag_limit: int = 0  # 0: all 10,042 examples
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000  # steps between checkpoints; one is always written at the end
+    keep: int = 3  # the newest K checkpoints are kept
+
+
+@dataclass
+class RuntimeSection:
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, and on CPUs with native bf16)
+    compile: bool = False
+    seed: int = 1337  # model initialisation and sampling
+    threads: int = 0  # torch CPU threads; 0: torch's default
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict:
+        """{"optim.lr": 0.0006, ...}"""
+        return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
+
+
+def all_keys() -> list[str]:
+    return list(TrainConfig().flat())
+
+
+def _unknown_key(key: str) -> ConfigError:
+    keys = all_keys()
+    # Also match a bare field name ("lr") against the last part of every key ("optim.lr").
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:
+        by_leaf = {k.split(".")[1]: k for k in keys}
+        leaf = difflib.get_close_matches(key.split(".")[-1], list(by_leaf), n=1, cutoff=0.6)
+        close = [by_leaf[leaf[0]]] if leaf else []
+    hint = f"; did you mean '{close[0]}'?" if close else "; see `gpt2lab train --list-keys`"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _convert(key: str, value, kind: type):
+    """A value from a file (already typed) or the command line (a string) -> the field's type."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(str(value).replace("_", ""))
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if math.isnan(number):
+                raise ValueError
+            return number
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{key}' wants {kind.__name__}, got {value!r}") from None
+
+
+def _field_types(section_name: str) -> dict[str, type]:
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    return {f.name: types[f.type if isinstance(f.type, str) else f.type.__name__]
+            for f in dataclasses.fields(SECTIONS[section_name]())}
+
+
+def set_value(config: TrainConfig, key: str, value) -> None:
+    section_name, _, name = key.partition(".")
+    if section_name not in SECTIONS or not name or name not in _field_types(section_name):
+        raise _unknown_key(key)
+    kind = _field_types(section_name)[name]
+    setattr(getattr(config, section_name), name, _convert(key, value, kind))
+
+
+def apply_mapping(config: TrainConfig, mapping: dict, where: str) -> None:
+    """Apply a nested {"section": {"key": value}} mapping (a parsed file)."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected sections like [optim] with key = value lines")
+    for section_name, values in mapping.items():
+        if section_name not in SECTIONS:
+            raise ConfigError(f"{where}: {_unknown_key(str(section_name))}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: '{section_name}' must be a section of key = value pairs")
+        for name, value in values.items():
+            try:
+                set_value(config, f"{section_name}.{name}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+        return _toml_loads(text)
+    except Exception as e:  # a syntax error in the user's file: report where, not a traceback
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot parse {path}: {first}") from None
+
+
+def _toml_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, preset_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint} (presets: {', '.join(preset_names())})")
+    return path
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=3e-4")
+    return key.strip(), value.strip()
+
+
+def resolve_config(preset=None, config_file=None, overrides=(), base: dict | None = None) -> TrainConfig:
+    """Build the TrainConfig: defaults, then `base` (a saved run config), preset, file, then overrides."""
+    config = TrainConfig()
+    if base is not None:
+        apply_mapping(config, base, "saved run config")
+    if preset:
+        path = preset_path(preset)
+        apply_mapping(config, read_config_file(path), f"preset {preset}")
+    if config_file:
+        apply_mapping(config, read_config_file(config_file), str(config_file))
+    for key, value in overrides:
+        set_value(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Values that parse but make no sense, caught before any work is done."""
+    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
+                "data.batch_size", "data.seq_len", "data.total_batch_tokens", "schedule.max_steps"]
+    flat = config.flat()
+    for key in positive:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key} must be positive, got {flat[key]}")
+    for key in ["schedule.warmup_steps", "optim.weight_decay", "optim.grad_clip", "optim.min_lr",
+                "eval.val_every", "eval.val_batches", "eval.sample_every", "eval.hellaswag_every",
+                "checkpoint.every", "runtime.threads", "eval.sample_count", "eval.sample_tokens"]:
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must not be negative, got {flat[key]}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
+    if config.optim.min_lr > config.optim.lr:
+        raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) must not exceed optim.lr ({config.optim.lr})")
+    if config.checkpoint.keep < 1:
+        raise ConfigError(f"checkpoint.keep must be at least 1, got {config.checkpoint.keep}")
+    if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
+    if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
+        raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
+
+
+# --------------------------------------------------------------------------------- writing RUN/config.toml
+
+
+def to_toml(config: TrainConfig) -> str:
+    """Our config is flat sections of str/int/float/bool, so TOML is a few lines of code (no tomli-w needed)."""
+    lines = ["# gpt2lab training config (resolved: defaults + preset + file + overrides)"]
+    for section, values in config.to_dict().items():
+        lines.append(f"\n[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def read_run_config(run_dir) -> dict:
+    return read_config_file(Path(run_dir) / "config.toml")
+
+
+# Fields that may change between a run and its resumption: where/how it runs, how often it reports.
+RESUMABLE_CHANGES = ("model.init", "data.dir", "runtime.", "eval.", "checkpoint.")
+
+
+def incompatible_fields(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    old_flat, new_flat = saved.flat(), new.flat()
+    return [f"{k} ({old_flat[k]!r} -> {new_flat[k]!r})" for k in old_flat
+            if old_flat[k] != new_flat[k] and not k.startswith(RESUMABLE_CHANGES)]

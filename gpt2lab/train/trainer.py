@@ -1,0 +1,465 @@
+"""The training loop: one code path for a laptop CPU, one GPU, and many GPUs on many machines (torchrun + DDP).
+
+    step = grad_accum micro-batches (forward, loss / grad_accum, backward; gradients sync on the last only)
+           -> clip -> AdamW with the scheduled LR -> log -> (val loss, samples, HellaSwag, checkpoint)
+
+Everything that decides what the next step computes (weights, optimizer moments, loader position, RNG) is in the
+checkpoint, so `--resume` continues with bit-identical losses on CPU.
+"""
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gpt2lab import distributed
+from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
+from gpt2lab.device import resolve_device
+from gpt2lab.errors import GPT2LabError
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.train import state as ckpt
+from gpt2lab.train.config import (TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml)
+from gpt2lab.train.metrics import MetricsLog, StepTimer, flops_per_token, peak_flops
+from gpt2lab.train.optim import lr_at, make_optimizer
+
+RUN_FILES = ("config.toml", "metrics.jsonl", "samples.txt", CHECKPOINTS_DIR)
+
+
+class TrainingDiverged(GPT2LabError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float
+    val_loss: float | None
+    tokens_per_s: float | None  # mean over the steps of this invocation after the first (warm-up) steps
+    interrupted: bool = False
+    exit_code: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def grad_accum_steps(total_batch_tokens: int, batch_size: int, seq_len: int, world_size: int) -> int:
+    per_micro_step = batch_size * seq_len * world_size
+    if total_batch_tokens % per_micro_step:
+        raise GPT2LabError(
+            f"data.total_batch_tokens ({total_batch_tokens:,}) is not divisible by data.batch_size x data.seq_len x "
+            f"world size ({batch_size} x {seq_len} x {world_size} = {per_micro_step:,}); make it a multiple, e.g. "
+            f"data.total_batch_tokens={max(1, round(total_batch_tokens / per_micro_step)) * per_micro_step}")
+    return total_batch_tokens // per_micro_step
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None: plain fp32. `auto` takes bf16 where the hardware computes it natively, else fp32 (CPU) / fp16 (CUDA)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16  # AVX512-BF16 / AMX: faster than fp32; emulated bf16 elsewhere is slower
+    return None
+
+
+def train_step(model, batches, grad_accum: int, amp_dtype, scaler, device, ddp: bool) -> torch.Tensor:
+    """Forward/backward over `grad_accum` micro-batches; returns the mean loss (detached). Gradients accumulate.
+
+    Each micro-loss is divided by grad_accum, so the summed gradient is the gradient of the mean loss over the
+    whole step's tokens, exactly as one big batch would give. Under DDP the all-reduce of gradients is skipped
+    (`no_sync`) for all but the last micro-step; the context is entered before that micro-step's forward pass,
+    which is where DDP decides whether its backward hooks will synchronise.
+    """
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum):
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        last = micro_step == grad_accum - 1
+        sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                _, loss = model(x, y)
+            loss = loss / grad_accum
+            loss_sum += loss.detach()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss_sum
+
+
+def batch_iterator(loader):
+    while True:
+        yield loader.next_batch()
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir, resume: bool = False, overwrite: bool = False, log=None,
+                 progress: bool = True):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.resume, self.overwrite = resume, overwrite
+        self.progress = progress
+        self._log = log or print
+        self.stop_signal = None
+
+    def log(self, line: str) -> None:
+        if self.ctx.is_main:
+            self._log(line)
+
+    # --- set-up ---------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        device = resolve_device(cfg.runtime.device)
+        self.ctx = distributed.setup(device)
+        self.device = distributed.process_device(device, self.ctx)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput, loss unaffected
+            torch.backends.cudnn.allow_tf32 = True
+
+        checkpoint = self._check_run_dir()  # every rank checks before rank 0 writes anything
+        self._check_data()
+        self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
+                                           self.ctx.world_size)
+        self.train_loader, self.val_loader = self._make_loaders()
+        self.raw_model = self._make_model(checkpoint)
+        self.amp_dtype = autocast_dtype(cfg.runtime.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
+        self.step = 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+        model = self.raw_model
+        if cfg.runtime.compile:
+            model = torch.compile(model)  # evaluation, sampling and checkpoints keep using self.raw_model
+        if self.ctx.enabled:
+            model = DDP(model, device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None)
+        self.model = model
+        self.hellaswag = self._load_hellaswag()
+        distributed.barrier()
+        if self.ctx.is_main:
+            self._prepare_run_dir(checkpoint)
+        distributed.barrier()
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.ctx.is_main)
+
+    def _check_run_dir(self):
+        """The checkpoint to resume from (or None); refuses to mix two runs in one directory."""
+        cfg, run = self.config, self.run_dir
+        if run.exists() and not run.is_dir():
+            raise GPT2LabError(f"run directory {run} is a file; choose another --out")
+        holds_run = run.is_dir() and any((run / name).exists() for name in RUN_FILES)
+        if self.resume:
+            found = ckpt.complete_checkpoints(run)
+            if not found:
+                raise GPT2LabError(f"--resume: {run} has no complete checkpoint to resume from; "
+                                   f"start the run without --resume")
+            saved = resolve_config(base=read_run_config(run))
+            differences = incompatible_fields(saved, cfg)
+            if differences:
+                raise GPT2LabError(f"--resume: the config differs from the run's saved config in "
+                                   f"{'; '.join(differences)}; resume with the original values or start a new run")
+            return found[-1][1]
+        if holds_run and not self.overwrite:
+            raise GPT2LabError(f"{run} already holds a training run; pass --resume to continue it, "
+                               f"--overwrite to replace it, or choose another --out")
+        return None
+
+    def _prepare_run_dir(self, checkpoint) -> None:
+        run = self.run_dir
+        if self.overwrite and not self.resume:
+            for name in RUN_FILES:  # only our own files: a user's notes in the directory survive
+                path = run / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(run)
+        from gpt2lab.atomic import atomic_write_text
+
+        atomic_write_text(run / "config.toml", to_toml(self.config))
+        if checkpoint is not None:  # forget what a killed run logged after its last checkpoint
+            MetricsLog.truncate(run / "metrics.jsonl", after_step=self.step)
+
+    def _check_data(self) -> None:
+        from gpt2lab.data import read_manifest
+
+        manifest = read_manifest(self.config.data.dir)
+        if manifest["vocab_size"] > self.config.model.vocab_size and self.config.model.init == "scratch":
+            raise GPT2LabError(f"{self.config.data.dir} has token ids up to {manifest['vocab_size'] - 1} but "
+                               f"model.vocab_size is {self.config.model.vocab_size}; set model.vocab_size="
+                               f"{manifest['vocab_size']} or more (50304 is the fast choice)")
+        self.eot_token = manifest["eot_token"]
+
+    def _make_loaders(self):
+        from gpt2lab.data import TokenLoader
+
+        d, ctx = self.config.data, self.ctx
+        train = TokenLoader(d.dir, "train", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, d.shuffle)
+        val = TokenLoader(d.dir, "val", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, shuffle=False)
+        return train, val
+
+    def _make_model(self, checkpoint) -> GPT:
+        cfg = self.config
+        if checkpoint is not None:
+            model = load_model(checkpoint, device=self.device)
+        elif cfg.model.init == "scratch":
+            torch.manual_seed(cfg.runtime.seed)  # same initial weights on every rank (DDP also broadcasts them)
+            m = cfg.model
+            model = GPT(GPTConfig(block_size=m.block_size, vocab_size=m.vocab_size, n_layer=m.n_layer,
+                                  n_head=m.n_head, n_embd=m.n_embd)).to(self.device)
+        else:
+            model = load_model(cfg.model.init, device=self.device, dtype=torch.float32)  # fine-tuning
+            if self.train_loader.vocab_size > model.config.vocab_size:
+                raise GPT2LabError(f"model {cfg.model.init} has a vocabulary of {model.config.vocab_size} but the "
+                                   f"data uses {self.train_loader.vocab_size} token ids")
+        if cfg.data.seq_len > model.config.block_size:
+            raise GPT2LabError(f"data.seq_len ({cfg.data.seq_len}) is longer than the model's context "
+                               f"({model.config.block_size}); lower data.seq_len or raise model.block_size")
+        torch.manual_seed(cfg.runtime.seed + self.ctx.rank)
+        return model.train()
+
+    def _restore(self, checkpoint: Path) -> None:
+        state = ckpt.load_training_state(checkpoint)
+        if state["world_size"] != self.ctx.world_size:
+            raise GPT2LabError(f"--resume: the run was trained with {state['world_size']} process(es), this launch "
+                               f"has {self.ctx.world_size}; resume with the same number of processes")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["loader"][self.ctx.rank])
+        ckpt.set_rng_state(state["rng"][self.ctx.rank], self.device)
+        self.step = int(state["step"])
+        self.log(f"resuming from {checkpoint} (step {self.step})")
+
+    def _load_hellaswag(self):
+        e = self.config.eval
+        if not e.hellaswag_every:
+            return None
+        from gpt2lab.eval.hellaswag import load_examples, tokenize
+
+        return tokenize(load_examples(e.hellaswag_data or None, limit=e.hellaswag_limit or None))
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self.setup()
+        cfg, max_steps = self.config, self.config.schedule.max_steps
+        n_params = self.raw_model.num_parameters()
+        c = self.raw_model.config
+        self.log(f"model: {n_params:,} parameters ({c.n_layer} layers, {c.n_embd} dims, {c.n_head} heads), "
+                 f"data {cfg.data.dir}: {self.train_loader.num_tokens:,} train tokens")
+        self.log(f"batch: {cfg.data.total_batch_tokens:,} tokens/step = {cfg.data.batch_size} x {cfg.data.seq_len} "
+                 f"x {self.ctx.world_size} process(es) x {self.grad_accum} micro-steps; device {self.device}, "
+                 f"precision {self.amp_dtype or torch.float32}".replace("torch.", ""))
+        if self.step >= max_steps:
+            self.log(f"run already complete at step {self.step}/{max_steps}; nothing to do")
+            return TrainResult(self.step, math.nan, None, None)
+
+        timer = StepTimer(self.device, flops_per_token(n_params, c.n_layer, c.n_embd, cfg.data.seq_len),
+                          peak_flops(self.device), self.ctx.world_size)
+        batches = batch_iterator(self.train_loader)
+        bar = self._progress_bar(max_steps)
+        loss = val_loss = math.nan
+        previous = self._install_signal_handlers()
+        try:
+            while self.step < max_steps:
+                it = self.step  # 0-based index of the step being computed; metrics use steps done (it + 1)
+                lr = lr_at(it, cfg.optim, cfg.schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                timer.start()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_t = train_step(self.model, batches, self.grad_accum, self.amp_dtype, self.scaler, self.device,
+                                    self.ctx.enabled)
+                distributed.all_reduce_mean(loss_t)
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+                norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip))
+                loss = float(loss_t)
+                if not math.isfinite(loss) or (self.scaler is None and not math.isfinite(norm)):
+                    raise self._diverged(it + 1, loss, norm)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                timing = timer.stop(cfg.data.total_batch_tokens)
+                self.step = it + 1
+                self._log_step(bar, loss, lr, norm, timing)
+                val = self._periodic(max_steps)
+                val_loss = val if val is not None else val_loss
+                if self._stop_requested():
+                    self._save()
+                    self.log(f"stopped by {self.stop_signal} at step {self.step}: checkpoint saved; continue with "
+                             f"the same command plus --resume")
+                    return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
+        finally:
+            self._restore_signal_handlers(previous)
+            if bar is not None:
+                bar.close()
+        self.log(f"done: step {self.step}, loss {loss:.4f}, val loss {val_loss:.4f}; "
+                 f"model in {ckpt.checkpoint_dir(self.run_dir, self.step)}")
+        return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s())
+
+    def _periodic(self, max_steps: int):
+        """Evaluation, samples and checkpoints due after the step just done; returns the val loss if computed."""
+        e, k, last = self.config.eval, self.step, self.step == max_steps
+        due = lambda every: (every > 0 and k % every == 0) or last  # noqa: E731
+        val_loss = None
+        if due(e.val_every) and e.val_batches > 0:
+            val_loss = self.validation_loss()
+            self.metrics.write({"step": k, "val_loss": val_loss})
+            self.log(f"step {k}: val loss {val_loss:.4f}")
+        if e.hellaswag_every and due(e.hellaswag_every):
+            self._hellaswag()
+        if e.sample_every and e.sample_count and due(e.sample_every) and self.ctx.is_main:
+            self._write_samples()
+        if due(self.config.checkpoint.every) or last:
+            self._save()
+        return val_loss
+
+    def _diverged(self, step: int, loss: float, norm: float) -> TrainingDiverged:
+        found = ckpt.complete_checkpoints(self.run_dir)
+        keep = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
+        return TrainingDiverged(f"loss became {loss} (grad norm {norm}) at step {step}; stopped without saving: "
+                                f"{keep}; lower optim.lr or raise schedule.warmup_steps and resume or restart")
+
+    # --- evaluation, samples, checkpoints ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        model = self.raw_model  # never the compiled/DDP wrapper: evaluation must not trigger gradient sync
+        model.eval()
+        self.val_loader.reset()  # the same fixed batches every time: comparable numbers across evaluations
+        total = torch.zeros((), device=self.device)
+        n = self.config.eval.val_batches
+        for _ in range(n):
+            x, y = self.val_loader.next_batch()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                _, loss = model(x.to(self.device), y.to(self.device))
+            total += loss.float()
+        model.train()
+        return float(distributed.all_reduce_mean(total / n))
+
+    def _hellaswag(self) -> None:
+        from gpt2lab.eval.hellaswag import evaluate
+
+        self.raw_model.eval()
+        result = evaluate(self.raw_model, self.hellaswag, batch_size=8, device=self.device,
+                          autocast_dtype=self.amp_dtype)
+        self.raw_model.train()
+        self.metrics.write({"step": self.step, "hellaswag_acc": result.acc, "hellaswag_acc_norm": result.acc_norm})
+        self.log(f"step {self.step}: hellaswag acc {result.acc:.4f} acc_norm {result.acc_norm:.4f} (n={result.n})")
+
+    @torch.no_grad()
+    def _write_samples(self) -> None:
+        from gpt2lab.generate import generate
+        from gpt2lab.tokenizer import get_tokenizer
+
+        e, tok = self.config.eval, get_tokenizer()
+        model = self.raw_model
+        model.eval()
+        prompt = tok.encode(e.sample_prompt) or [self.eot_token]
+        idx = torch.tensor([prompt] * e.sample_count, dtype=torch.long, device=self.device)
+        max_new = max(0, min(e.sample_tokens, model.config.block_size - idx.size(1)))
+        # generate uses its own seeded generator: the training RNG stream (and so exact resume) is untouched
+        out = generate(model, idx, max_new, temperature=1.0, top_k=e.sample_top_k or None,
+                       seed=self.config.runtime.seed + self.step, vocab_size=min(tok.n_vocab, model.config.vocab_size))
+        model.train()
+        texts = [tok.decode([t for t in row.tolist() if t < tok.n_vocab]) for row in out]
+        block = "".join(f"--- step {self.step}, sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
+        with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(block)
+        self.log(f"step {self.step}: sample: {texts[0][:200]!r}")
+
+    def _save(self) -> None:
+        """Gather every rank's loader position and RNG, then rank 0 writes the checkpoint."""
+        local = {"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state(self.device)}
+        if self.ctx.enabled:
+            gathered = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        if self.ctx.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "loader": [g["loader"] for g in gathered],
+                "rng": [g["rng"] for g in gathered],
+                "world_size": self.ctx.world_size,
+                "config": self.config.to_dict(),
+            }
+            ckpt.save_checkpoint(self.run_dir, self.step, self.raw_model, state, self.config.checkpoint.keep)
+        distributed.barrier()
+
+    # --- console, signals ---------------------------------------------------------------------------------
+
+    def _progress_bar(self, max_steps: int):
+        if not (self.progress and self.ctx.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=False)
+
+    def _log_step(self, bar, loss, lr, norm, timing) -> None:
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, **timing}
+        self.metrics.write(record)
+        if not self.ctx.is_main:
+            return
+        mfu = f" | mfu {timing['mfu'] * 100:.1f}%" if "mfu" in timing else ""
+        line = (f"step {self.step:>6}/{self.config.schedule.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                f"norm {norm:.3f} | {timing['ms_per_step']:.0f} ms | {timing['tokens_per_s']:,.0f} tok/s{mfu}")
+        if bar is not None:
+            bar.write(line)  # printed above the bar, which stays at the bottom
+            bar.update(1)
+        else:
+            self._log(line)
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            if self.stop_signal is not None:  # a second Ctrl-C: stop now (a half checkpoint is discarded)
+                raise KeyboardInterrupt
+            self.stop_signal = signal.Signals(signum).name
+            self.log(f"{self.stop_signal} received: finishing step {self.step + 1}, then saving a checkpoint "
+                     f"(press Ctrl-C again to quit without saving)")
+
+        previous = {}
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor(1.0 if self.stop_signal else 0.0)
+        if self.ctx.enabled:  # every rank must stop at the same step (the checkpoint is collective)
+            if self.device.type == "cuda":
+                flag = flag.to(self.device)
+            distributed.all_reduce_sum(flag)
+        if flag.item() > 0 and self.stop_signal is None:
+            self.stop_signal = "a signal on another rank"
+        return flag.item() > 0
+
+
+def train(config: TrainConfig, run_dir, resume=False, overwrite=False, log=None, progress=True) -> TrainResult:
+    return Trainer(config, run_dir, resume=resume, overwrite=overwrite, log=log, progress=progress).run()

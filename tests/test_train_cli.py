@@ -1,0 +1,147 @@
+"""`gpt2lab train` / `gpt2lab plot` as a user runs them: config resolution, the demo preset, and bad input
+(one clear stderr line, exit code 2, no traceback, nothing lost)."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from gpt2lab.checkpoint import latest_checkpoint, load_model
+from gpt2lab.cli import main
+from gpt2lab.train.config import (ConfigError, TrainConfig, incompatible_fields, read_config_file, resolve_config,
+                                  to_toml)
+from train_utils import cli_flags, losses, tiny_config, write_dataset
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def run_main(capsys, *argv):
+    """The CLI in-process (same code path as the subprocess, without paying torch's import again)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return type("Result", (), {"returncode": code, "stdout": out, "stderr": err})
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_config_layers_file_overrides_and_toml_round_trip(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("optim:\n  lr: 3.0e-4\nschedule:\n  max_steps: 77\n")
+    config = resolve_config("shakespeare-cpu", path, [("optim.beta2", "0.99"), ("runtime.compile", "true")])
+    assert config.model.n_layer == 4 and config.optim.lr == 3e-4 and config.schedule.max_steps == 77
+    assert config.optim.beta2 == 0.99 and config.runtime.compile is True
+    (tmp_path / "saved.toml").write_text(to_toml(config))
+    assert resolve_config(base=read_config_file(tmp_path / "saved.toml")) == config
+    reproduction = resolve_config("gpt2-124m-fineweb-edu")
+    assert (reproduction.data.total_batch_tokens, reproduction.data.batch_size, reproduction.data.seq_len) == (
+        524288, 64, 1024)
+    assert (reproduction.optim.lr, reproduction.optim.min_lr, reproduction.schedule.warmup_steps,
+            reproduction.schedule.max_steps, reproduction.model.vocab_size) == (6e-4, 6e-5, 715, 19073, 50304)
+
+
+def test_config_errors_name_the_key_and_suggest():
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        resolve_config(overrides=[("optim.lrr", "1")])
+    with pytest.raises(ConfigError, match="did you mean 'optim.weight_decay'"):
+        resolve_config(overrides=[("weight_decay", "1")])
+    with pytest.raises(ConfigError, match="wants int"):
+        resolve_config(overrides=[("schedule.max_steps", "ten")])
+    with pytest.raises(ConfigError, match="did you mean 'shakespeare-cpu'"):
+        resolve_config("shakespeare_cpu")
+    old, new = TrainConfig(), TrainConfig()
+    new.optim.lr, new.runtime.device, new.eval.val_every = 1e-3, "cuda", 5
+    assert incompatible_fields(old, new) == ["optim.lr (0.0006 -> 0.001)"]
+
+
+# ---------------------------------------------------------------------------------------------- the demo preset
+
+
+def test_shakespeare_cpu_preset_runs_a_few_steps_then_plot(tmp_path):
+    data = write_dataset(tmp_path / "data", train_tokens=40_000, val_tokens=5_000)
+    run = tmp_path / "run"
+    result = run_cli("train", "--preset", "shakespeare-cpu", "--out", run, "--steps", "2",
+                     "--data.dir", data, "--data.batch_size", "1", "--data.total_batch_tokens", "128", "--eval.val_batches=1", "--eval.sample_every", "2",
+                     "--eval.sample_tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert "4 layers, 128 dims" in result.stdout and "step      2/2" in result.stdout
+    assert (run / "samples.txt").read_text().startswith("--- step 2, sample 1 ---\nROMEO:")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "grad_norm", "ms_per_step", "tokens_per_s"} <= set(records[0])
+    assert any("val_loss" in r for r in records)
+    saved = read_config_file(run / "config.toml")
+    assert saved["model"]["n_embd"] == 128 and saved["schedule"]["max_steps"] == 2
+    assert load_model(run).config.vocab_size == 50304  # an HF checkpoint, loadable by every command
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "loss": 5.0}) + "\n" + json.dumps({"step": 1, "hellaswag_acc_norm": 0.26}) + "\n")
+    plot = run_cli("plot", run, tmp_path / "other", "--out", tmp_path / "loss.png")
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_in_real_subprocesses(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    one_line_error(run_cli("train", "--out", tmp_path / "r", *cli_flags(data, data__total_batch_tokens=100)),
+                   "data.total_batch_tokens (100) is not divisible", "64")
+    one_line_error(run_cli("train", "--out", tmp_path / "r", *cli_flags(tmp_path / "nowhere")),
+                   "does not exist", "gpt2lab prepare")
+    one_line_error(run_cli("train", "--out", tmp_path / "r", "--optim.lrr", "1"), "did you mean 'optim.lr'")
+    assert not (tmp_path / "r").exists()  # nothing was created by a refused run
+
+
+def test_bad_inputs_in_process(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(empty)), "no manifest.json")
+    foreign = write_dataset(tmp_path / "foreign", tokenizer="llama")
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(foreign)), "another tokenizer")
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(data, model__vocab_size=1000)),
+                   "model.vocab_size is 1000")
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", "--resume", *cli_flags(data)),
+                   "no complete checkpoint")
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(data, data__seq_len=32, data__total_batch_tokens=128)),
+                   "longer than the model's context")
+    one_line_error(run_main(capsys, "plot", tmp_path / "r", "--out", tmp_path / "x.png"), "no metrics.jsonl")
+
+    run = tmp_path / "run"
+    flags = cli_flags(data, schedule__max_steps=3)
+    assert run_main(capsys, "train", "--out", run, *flags).returncode == 0
+    before = losses(run)
+    one_line_error(run_main(capsys, "train", "--out", run, *flags), "already holds a training run", "--resume")
+    assert losses(run) == before  # nothing lost
+    one_line_error(run_main(capsys, "train", "--out", run, "--resume", *flags, "--set", "optim.lr=0.1",
+                            "--model.n_layer", "3"), "optim.lr (0.003 -> 0.1)", "model.n_layer (2 -> 3)")
+    assert run_main(capsys, "train", "--out", run, "--overwrite", *flags).returncode == 0
+    assert run_main(capsys, "train", "--out", run, "--resume").returncode == 0  # the saved config alone
+
+    diverging = tmp_path / "diverging"
+    result = run_main(capsys, "train", "--out", diverging, *cli_flags(
+        data, optim__lr=1e30, optim__min_lr=0, optim__grad_clip=0, schedule__warmup_steps=0, checkpoint__every=1,
+        schedule__max_steps=6))
+    one_line_error(result, "loss became nan", "at step 2", "step_00000001")
+    assert latest_checkpoint(diverging).name == "step_00000001"  # the last good one is kept...
+    assert load_model(diverging)  # ... and loads
+    assert max(losses(diverging)) == 1  # the NaN step was not logged as if it were a result
+
+
+def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    assert run_main(capsys, "train", "--out", run, "--init", tiny_model_dir, *cli_flags(data, schedule__max_steps=3)
+                    ).returncode == 0
+    start, tuned = load_model(tiny_model_dir), load_model(run)
+    assert tuned.config == start.config  # the shape comes from the model, not from the [model] section
+    moved = tuned.state_dict()["transformer.h.0.mlp.c_fc.weight"] - start.state_dict()["transformer.h.0.mlp.c_fc.weight"]
+    assert 0 < float(moved.abs().max()) < 0.1  # trained a little, from those weights

@@ -1,0 +1,41 @@
+"""DDP: two gloo processes under torchrun give the per-step losses of one process with accumulation 2."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO, run_cli
+from gpt2lab.checkpoint import load_model
+from train_utils import cli_flags, losses, write_dataset
+
+
+def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    # 2 x 16 tokens per micro-batch; 64 tokens per step = 2 micro-steps on one process, 1 on each of two
+    flags = cli_flags(data, data__batch_size=2, data__total_batch_tokens=64, schedule__max_steps=6,
+                      eval__val_every=3, checkpoint__every=3)
+    single = run_cli("train", "--out", tmp_path / "single", *flags)
+    assert single.returncode == 0, single.stderr
+    assert "x 1 process(es) x 2 micro-steps" in single.stdout
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "gpt2lab", "train", "--out", str(tmp_path / "ddp"), *flags],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert "x 2 process(es) x 1 micro-steps" in ddp.stdout
+    assert ddp.stdout.count("step      1/6") == 1  # only rank 0 logs
+
+    one, two = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+    a, b = load_model(tmp_path / "single").state_dict(), load_model(tmp_path / "ddp").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+    # the rank-1 loader position and RNG are in the checkpoint too
+    state = torch.load(tmp_path / "ddp/checkpoints/step_00000006/training_state.pt", weights_only=True)
+    assert len(state["loader"]) == len(state["rng"]) == 2 and state["world_size"] == 2

@@ -1,0 +1,57 @@
+"""Helpers for the training tests: tiny token datasets in the `gpt2lab prepare` format, tiny configs."""
+
+import json
+
+import numpy as np
+
+from gpt2lab.train.config import resolve_config
+
+# 2 layers, 32 dims, 16-token context: a step takes milliseconds, yet it is the real GPT-2 code path.
+TINY = {
+    "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 16, "model.vocab_size": 50304,
+    "data.batch_size": 4, "data.seq_len": 16, "data.total_batch_tokens": 64,
+    "optim.lr": 3e-3, "optim.min_lr": 3e-4, "schedule.max_steps": 20, "schedule.warmup_steps": 2,
+    "eval.val_every": 0, "eval.val_batches": 2, "eval.sample_every": 0,
+    "checkpoint.every": 1000, "checkpoint.keep": 2, "runtime.device": "cpu", "runtime.precision": "fp32",
+    "runtime.threads": 1,
+}
+
+
+def write_dataset(path, train_tokens=20_000, val_tokens=2_000, seed=0, **manifest_overrides):
+    """A learnable stream: mostly a fixed cycle over 97 token ids, 10 % random tokens, EOT-prefixed documents."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        tokens = (np.arange(n) * 7 % 97 + 100).astype(np.int64)
+        noise = rng.random(n) < 0.1
+        tokens[noise] = rng.integers(0, 50257, noise.sum())
+        tokens[0] = 50256
+        name = f"{split}_000000.bin"
+        tokens.astype("<u2").tofile(path / name)
+        splits[split] = [{"file": name, "tokens": n, "documents": 1, "sha256": "test"}]
+    manifest = {"format": "gpt2lab-shards/1", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256,
+                "dtype": "uint16", "source": "test", "args": {}, "splits": splits, **manifest_overrides}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def tiny_overrides(data_dir, **changes) -> dict:
+    return {**TINY, "data.dir": str(data_dir), **{k.replace("__", "."): v for k, v in changes.items()}}
+
+
+def tiny_config(data_dir, **changes):
+    """TrainConfig of the tiny model; changes as optim__lr=1e-3 (double underscore = dot)."""
+    return resolve_config(overrides=[(k, str(v)) for k, v in tiny_overrides(data_dir, **changes).items()])
+
+
+def cli_flags(data_dir, **changes) -> list[str]:
+    flags = []
+    for key, value in tiny_overrides(data_dir, **changes).items():
+        flags += ["--set", f"{key}={value}"]
+    return flags
+
+
+def losses(run_dir) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
