@@ -42,8 +42,8 @@ def load_model(source, device=None, dtype=None) -> GPT:
     directory = resolve_model_dir(source)
     config = config_from_hf(read_hf_config(directory))
     state_dict = state_dict_from_hf(read_weights(directory), config, where=directory)
-    with torch.device("meta"):  # no time spent on a random init that is overwritten anyway
-        model = GPT(config)
+    with torch.device("meta"):  # no memory or time spent on a random init that is overwritten anyway
+        model = GPT(config, init_weights=False)
     model.load_state_dict(state_dict, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor; re-tie
     model.to(device=device, dtype=dtype)
@@ -307,7 +307,7 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, where="ch
 
 def _expected_shapes(config: GPTConfig) -> dict[str, tuple]:
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+        return {k: tuple(v.shape) for k, v in GPT(config, init_weights=False).state_dict().items()}
 
 
 def _some(keys: list[str], n: int = 5) -> str:

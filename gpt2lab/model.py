@@ -147,7 +147,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, init_weights: bool = True):
+        """init_weights=False leaves parameters uninitialised, for when a checkpoint overwrites them anyway."""
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(
@@ -161,7 +162,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output projection *is* the token embedding (same storage), as in GPT-2.
         self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
+        if init_weights:
+            self.apply(self._init_weights)
 
     def _init_weights(self, module):
         # GPT-2 initialisation: N(0, 0.02) everywhere, zero biases, and the projections that write into the

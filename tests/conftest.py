@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Tiny models run fastest on one thread (no thread start-up or spin-waiting on a busy machine); set before
+# torch is imported so subprocesses started by the tests inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from gpt2lab import GPT, GPTConfig
 
