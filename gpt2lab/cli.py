@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gpt2lab.errors import GPT2LabError
 
@@ -43,5 +44,323 @@ def _version() -> str:
     return f"gpt2lab {__version__}"
 
 
+# --------------------------------------------------------------------------------------------- eval
+
+
+def add_eval_command(commands) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="HellaSwag accuracy or held-out loss of a model",
+        description="Evaluate MODEL (gpt2, a hub id, a local HF directory or a run directory): HellaSwag "
+        "accuracy (completion-style: acc = lowest summed ending loss, acc_norm = lowest mean) or the mean token "
+        "loss and perplexity on prepared shards or a text file. Under torchrun the work is split across ranks.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--task", choices=("hellaswag", "loss"), default="hellaswag")
+    p.add_argument("--data", metavar="PATH", help="hellaswag: a hellaswag_val.jsonl (default: download it "
+                   "into the cache); loss: a prepared data directory or a text file (required)")
+    p.add_argument("--split", default="val", help="loss on a data directory: which split (default: val)")
+    p.add_argument("--limit", type=int, metavar="N", help="hellaswag: only the first N examples")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="loss: only the first N target tokens")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="hellaswag: examples per forward pass (x 4 endings); loss: windows per forward pass")
+    p.add_argument("--seq-len", type=int, help="loss: window length (default: the model's context)")
+    p.add_argument("--stride", type=int, help="loss: new targets per window (default: --seq-len, "
+                   "non-overlapping windows; smaller gives each token more context)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--dtype", default="float32",
+                   help="autocast precision of the forward pass: float32, bfloat16, float16 (default: float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args) -> int:
+    import json
+
+    import torch
+
+    from gpt2lab import distributed
+    from gpt2lab.checkpoint import load_model
+    from gpt2lab.device import resolve_device, resolve_dtype
+    from gpt2lab.eval import hellaswag, loss
+
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    autocast_dtype = None if dtype == torch.float32 else dtype
+    # Read the data before the (slower) model load, so a bad file or an offline download fails at once.
+    if args.task == "hellaswag":
+        examples = hellaswag.load_examples(args.data, limit=args.limit)
+    elif args.data is None:
+        raise GPT2LabError("--task loss needs --data: a prepared data directory or a text file")
+    else:
+        streams = loss.load_streams(args.data, split=args.split)
+    ctx = distributed.setup(device)
+    device = distributed.process_device(device, ctx)
+    model = load_model(args.model, device=device)
+    if args.task == "hellaswag":
+        result = hellaswag.evaluate(model, examples, args.batch_size, device, autocast_dtype)
+        sentence = (f"hellaswag: acc {result.acc:.4f}  acc_norm {result.acc_norm:.4f}  n {result.n}  "
+                    f"({result.examples_per_s:.1f} examples/s, {result.seconds:.1f} s)")
+    else:
+        result = loss.evaluate_loss(model, streams, args.seq_len, args.batch_size, args.stride, device,
+                                    autocast_dtype, args.max_tokens)
+        sentence = (f"loss: {result.loss:.4f}  perplexity {result.perplexity:.2f}  tokens {result.tokens}  "
+                    f"({result.tokens_per_s:.0f} tokens/s, {result.seconds:.1f} s)")
+    if ctx.is_main:
+        record = {"task": args.task, "model": str(args.model), "data": args.data, **result.to_dict()}
+        print(json.dumps(record) if args.json else sentence, flush=True)
+    if ctx.enabled:
+        distributed.exit_process(0)  # a torchrun worker must leave this way (see distributed.exit_process)
+    return 0
+
+
+def _token_count(text: str) -> int:
+    """'100M', '2.5B', '50k' or a plain integer."""
+    scale = {"k": 10**3, "m": 10**6, "b": 10**9}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 100M, 2.5B, 50000)") from None
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens")
+    return int(value)
+
+
+def add_prepare_command(commands) -> None:
+    p = commands.add_parser("prepare", help="tokenise a corpus into GPT-2 token shards for training",
+                            description="Tokenise documents into uint16 GPT-2 token shards + manifest.json. SOURCE: "
+                            ".txt/.jsonl/.json/.parquet files, directories or globs; hf:NAME[:CONFIG]; shakespeare.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--shard-size", type=_token_count, default=100_000_000, help="tokens per shard (default 100M)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--val-fraction", type=float, help="every (1/F)-th document goes to val (default 0.01; "
+                       "shakespeare holds out whole plays)")
+    split.add_argument("--val-docs", type=int, help="the first N documents go to val")
+    p.add_argument("--text-field", default="text", help="JSON field / parquet column with the text (default text)")
+    p.add_argument("--hf-split", default="train", help="split of an hf: dataset (default train)")
+    p.add_argument("--max-tokens", type=_token_count, help="stop after this many tokens (a prefix)")
+    p.add_argument("--strict", action="store_true", help="malformed JSONL records are errors, not skipped")
+    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
+    p.add_argument("--threads", type=int, help="tokeniser threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from gpt2lab.data import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        sources=args.sources, out=args.out, shard_size=args.shard_size, val_fraction=args.val_fraction,
+        val_docs=args.val_docs, text_field=args.text_field, hf_split=args.hf_split, max_tokens=args.max_tokens,
+        strict=args.strict, overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress,
+    )
+    prepare(config, log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
+    return 0
+
+
 # Each entry adds one subcommand (its flags, and `run` set to the function that executes it).
-COMMANDS = []
+
+
+# --------------------------------------------------------------------------------------------- inspect
+
+MODEL_HELP = "gpt2, gpt2-medium, gpt2-large, gpt2-xl, a Hugging Face hub id, a local HF directory, or a gpt2lab run"
+
+
+def add_inspect_command(commands) -> None:
+    p = commands.add_parser(
+        "inspect",
+        help="print a model's config, weight table and parameter counts; optionally plot its weights",
+        description="Print the config, every state-dict key with shape, dtype and parameter count, and the "
+        "totals (all / embedding / non-embedding). With --plots DIR, also write PNGs of the position embeddings "
+        "(wpe) as an image, a few wpe channels as curves, and a 300x300 block of layer 0's attention weight.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--plots", metavar="DIR", help="write the PNG plots into DIR (created if missing)")
+    p.add_argument(
+        "--channels", metavar="C", type=int, nargs="+",
+        help="wpe channels to draw as curves (default: 150 200 250, or three spread evenly in a small model)",
+    )
+    p.set_defaults(run=run_inspect)
+
+
+def run_inspect(args) -> None:
+    from gpt2lab.checkpoint import load_model
+    from gpt2lab.inspect import format_report, write_plots
+
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():  # fail before loading
+        raise GPT2LabError(f"--plots {args.plots} is a file; pass a directory for the PNGs (it is created if missing)")
+    model = load_model(args.model, device="cpu")
+    print(format_report(model))
+    if args.plots:
+        print()
+        for path in write_plots(model, args.plots, channels=args.channels):
+            print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------------- sample
+
+DEFAULT_PROMPT = "Hello, I'm a language model,"
+
+
+def add_sample_command(commands) -> None:
+    p = commands.add_parser(
+        "sample",
+        help="continue a prompt with text sampled from a model (KV cache, streaming, seeded)",
+        description="Sample continuations of a prompt. One sample streams to the terminal as it is generated; "
+        "several are generated together and printed one after another. Generation stops at <|endoftext|>. "
+        "The prompt comes from --prompt, --prompt-file, or standard input when it is piped "
+        f"(`echo Hi | gpt2lab sample gpt2`); with none of these it is {DEFAULT_PROMPT!r}. An empty prompt "
+        "samples unconditionally (from <|endoftext|>); one longer than the model's context is cropped from the "
+        "left, with a warning. The same --seed and --num-samples give the same text on the same device.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--prompt", help=f"text to continue (default {DEFAULT_PROMPT!r}; '' = unconditional)")
+    p.add_argument(
+        "--prompt-file", metavar="FILE",
+        help="read the prompt from FILE, UTF-8 ('-' = standard input); one trailing newline is dropped",
+    )
+    p.add_argument("--num-samples", type=int, default=5, metavar="N", help="samples to generate (default 5)")
+    p.add_argument("--max-new-tokens", type=int, default=30, metavar="N", help="tokens per sample (default 30)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softmax temperature; 0 = greedy (default 1.0)")
+    p.add_argument(
+        "--top-k", type=_int_or_none, default=50, metavar="K",
+        help="sample among the K most likely tokens; 'none' = no limit (default 50)",
+    )
+    p.add_argument(
+        "--top-p", type=float, default=None, metavar="P",
+        help="nucleus sampling: among the fewest most likely tokens whose probability reaches P, 0 < P <= 1 (default off)",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto: cuda, then mps, then cpu)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.set_defaults(run=run_sample)
+
+
+def _int_or_none(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
+def run_sample(args) -> None:
+    import time
+
+    import torch
+
+    from gpt2lab.checkpoint import load_model
+    from gpt2lab.device import resolve_device, resolve_dtype
+    from gpt2lab.generate import check_sampling_settings, generate, generate_stream
+    from gpt2lab.tokenizer import get_tokenizer
+
+    # Everything that can be checked without the model first: a typo should not cost a model load.
+    check_sampling_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    if args.num_samples <= 0:
+        raise GPT2LabError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    prompt = read_prompt(args.prompt, args.prompt_file)
+    tokenizer = get_tokenizer()
+
+    model = load_model(args.model, device=device, dtype=dtype)
+    if model.config.vocab_size < tokenizer.n_vocab:
+        raise GPT2LabError(
+            f"{args.model} has a vocabulary of {model.config.vocab_size} tokens, fewer than GPT-2's "
+            f"{tokenizer.n_vocab}; `sample` needs a model trained on the GPT-2 tokenizer"
+        )
+    tokens = tokenizer.encode(prompt) or [tokenizer.eot_token]  # empty prompt: unconditional
+    block_size = model.config.block_size
+    if len(tokens) > block_size:
+        print(
+            f"warning: the prompt is {len(tokens)} tokens, longer than the model's context of {block_size}; "
+            f"using its last {block_size} tokens",
+            file=sys.stderr,
+        )
+        tokens = tokens[-block_size:]
+    prompt_text = tokenizer.decode(tokens) if prompt else ""
+
+    idx = torch.tensor([tokens] * args.num_samples, dtype=torch.long, device=device)
+    settings = dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop_token=tokenizer.eot_token, vocab_size=tokenizer.n_vocab,
+    )
+    out = sys.stdout
+    if hasattr(out, "reconfigure"):  # a terminal that cannot show a character gets '?', not a crash
+        out.reconfigure(errors="replace")
+    start = time.perf_counter()
+    if args.num_samples == 1:
+        out.write(prompt_text)
+        out.flush()
+        count = print_stream((step[0].item() for step in generate_stream(model, idx, **settings)), tokenizer, out)
+    else:
+        count = 0
+        for i, row in enumerate(generate(model, idx, **settings)[:, len(tokens) :].tolist()):
+            row = row[: row.index(tokenizer.eot_token)] if tokenizer.eot_token in row else row
+            count += len(row)
+            out.write(f"{'-' * 20} sample {i + 1} of {args.num_samples} {'-' * 20}\n")
+            out.write(prompt_text + tokenizer.decode(row) + "\n")
+    out.flush()
+    seconds = time.perf_counter() - start
+    print(f"[{count} new tokens in {seconds:.1f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
+
+
+def print_stream(token_ids, tokenizer, out) -> int:
+    """Write the text of each token as it arrives, up to <|endoftext|>; returns the number of tokens written.
+
+    A character can be split across tokens (the UTF-8 bytes of an emoji, say): the incremental decoder holds
+    incomplete bytes back until their character is complete, so only whole characters reach the terminal."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    count = 0
+    for token in token_ids:
+        if token == tokenizer.eot_token:
+            break
+        count += 1
+        text = decoder.decode(tokenizer.decode_bytes([token]))
+        if text:
+            out.write(text)
+            out.flush()
+    out.write(decoder.decode(b"", final=True) + "\n")  # bytes still incomplete at the end become U+FFFD
+    return count
+
+
+def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
+    """--prompt, else --prompt-file ('-' = stdin), else piped stdin, else the default prompt."""
+    if prompt is not None and prompt_file is not None:
+        raise GPT2LabError("give either --prompt or --prompt-file, not both")
+    if prompt is not None:
+        return prompt
+    if prompt_file == "-" or (prompt_file is None and _stdin_is_piped()):
+        return _drop_final_newline(sys.stdin.read())
+    if prompt_file is None:
+        return DEFAULT_PROMPT
+    path = Path(prompt_file).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise GPT2LabError(f"prompt file {path} {what}; pass a UTF-8 text file, or '-' for standard input")
+    try:
+        return _drop_final_newline(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise GPT2LabError(f"prompt file {path} is not UTF-8 text; convert it (e.g. with iconv)") from None
+
+
+def _stdin_is_piped() -> bool:
+    # A pipe or a redirected file, not a terminal and not /dev/null (cron, CI), which would read as "".
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # no real stdin (pytest capture, closed)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _drop_final_newline(text: str) -> str:
+    return text[:-1] if text.endswith("\n") else text
+
+
+# The subcommands, in the order `gpt2lab --help` lists them.
+COMMANDS = [add_inspect_command, add_sample_command, add_prepare_command, add_eval_command]

@@ -67,14 +67,17 @@ PRESETS = {
 class KVCache:
     """Keys and values of the positions seen so far, for incremental decoding.
 
-    Preallocated for the whole context: a decode step writes one slot per layer instead of concatenating
-    (and so copying) the whole past every step. `pos` is the number of positions already filled.
+    Preallocated: a decode step writes one slot per layer instead of concatenating (and so copying) the whole
+    past every step. `length` positions are allocated (default: the whole context; a short generation needs
+    only prompt + new tokens, which saves memory with many samples). `pos` is the number of positions filled.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32, length=None):
+        self.length = min(length or config.block_size, config.block_size)
+        shape = (config.n_layer, batch_size, config.n_head, self.length, config.head_dim)
+        # empty, not zeros: a slot is always written before attention reads it
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0
 
     def reset(self) -> None:
@@ -196,6 +199,8 @@ class GPT(nn.Module):
                 f"sequence of {past + T} tokens is longer than the model's context of "
                 f"{self.config.block_size} (block_size); crop it to the last {self.config.block_size} tokens"
             )
+        if cache is not None and past + T > cache.length:
+            raise ContextLengthError(f"KV cache holds {cache.length} positions, {past + T} needed; allocate a longer one")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for layer, block in enumerate(self.transformer.h):
@@ -214,6 +219,21 @@ class GPT(nn.Module):
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
             )
         return logits, loss
+
+    # Sampling lives in generate.py; these two are the familiar entry points (arguments documented there).
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
+                 vocab_size=None):
+        """idx (B, T) -> (B, T + n) token ids: the prompts continued by sampling, with a KV cache."""
+        from gpt2lab.generate import generate
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
+
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                        stop_token=None, vocab_size=None):
+        """Like `generate`, but yields each step's new tokens, (B,), as soon as they are chosen."""
+        from gpt2lab.generate import generate_stream
+
+        return generate_stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
 
     # Files and hubs live in checkpoint.py; these two are here so the familiar API reads naturally.
     @classmethod

@@ -1,0 +1,216 @@
+"""Sampling from GPT-2: incremental decoding with a KV cache, and the rules that pick each next token.
+
+Decoding runs the prompt through the model once (prefill), then feeds one new token per step, reusing the keys
+and values cached for every earlier position and projecting only the last position onto the vocabulary.
+Beyond `block_size` the model sees the most recent `block_size` tokens (a sliding window). Positions are
+absolute (learned position embeddings), so when the window slides every cached key is stale: those steps
+rebuild the cache from the window. The result is exactly what recomputing the cropped context from scratch
+gives, only faster until the context is full.
+
+Next-token rules, applied in this order: temperature (0 = greedy, always the most likely token), top-k (keep the
+k most likely), top-p (keep the smallest set of most likely tokens whose probability reaches p). Random draws
+come from a private `torch.Generator`: a seed gives the same tokens on the same device every run, and the
+global RNG is neither read nor advanced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from gpt2lab.errors import GPT2LabError
+from gpt2lab.model import KVCache
+
+
+class SamplingError(GPT2LabError, ValueError):
+    """Sampling settings or a prompt that cannot be used."""
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+class IncrementalDecoder:
+    """Next-token logits for a batch of growing sequences, computed with a KV cache.
+
+    `logits` (B, vocab, float32) predicts the token after the sequences so far; `append(tokens)` adds one token
+    to each sequence and updates `logits`.
+    """
+
+    def __init__(self, model, idx: torch.Tensor, max_new_tokens: int):
+        config = model.config
+        self.model = model
+        self.block_size = config.block_size
+        # The tokens the model sees: the last block_size. Kept so the cache can be rebuilt once it slides.
+        self.window = idx[:, -self.block_size :]
+        dtype = next(model.parameters()).dtype
+        # Only prompt + new tokens positions are ever used: allocate no more (5 samples x 1024 x 12 layers adds up)
+        length = self.window.size(1) + max_new_tokens
+        self.cache = KVCache(config, idx.size(0), device=idx.device, dtype=dtype, length=length)
+        self.logits = self._forward(self.window)
+
+    def append(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.view(-1, 1)
+        self.window = torch.cat([self.window, tokens], dim=1)
+        if self.window.size(1) <= self.block_size:  # room left: one cached step
+            self.logits = self._forward(tokens)
+        else:  # the window slides: every position shifts, so recompute it from scratch
+            self.window = self.window[:, -self.block_size :]
+            self.cache.reset()
+            self.logits = self._forward(self.window)
+        return self.logits
+
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(tokens, cache=self.cache, last_logits_only=True)
+        return logits[:, -1, :].float()  # sampling maths in float32 whatever the model's dtype
+
+
+# --------------------------------------------------------------------------------------------- next token
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of `logits` (B, vocab) -> (B,)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        values, indices = torch.topk(logits, top_k, dim=-1)
+        # exactly k survivors, even when several logits tie with the k-th
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        probs = keep_top_p(probs, top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero every token outside the smallest most-likely set whose probability mass reaches `top_p`."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    # A token is needed while the more likely ones have not reached top_p yet (the most likely always is).
+    drop_sorted = mass_before >= top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back from sorted order to vocabulary order
+    return probs.masked_fill(drop, 0.0)  # multinomial does not need the rest renormalised
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def generate_stream(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_token: int | None = None,
+    vocab_size: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of each sequence, (B,) on idx's device, as soon as it is chosen.
+
+    idx (B, T): prompt token ids (T >= 1; for unconditional sampling start from <|endoftext|>, 50256).
+    seed: seeds this call's own generator (None: a fresh random one). The global RNG is untouched.
+    stop_token: a sequence that produced it is finished; later steps yield stop_token for it again (padding),
+        and the stream ends once every sequence is finished.
+    vocab_size: sample only ids below it (default: all of the model's). A model trained with its vocabulary
+        padded to 50304 has 47 ids that no tokenizer knows; pass the tokenizer's n_vocab to exclude them.
+    """
+    vocab_size = check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
+    idx = idx.long()
+    generator = torch.Generator(device=idx.device)
+    if seed is None:
+        generator.seed()  # fresh entropy from the OS, not from the global RNG
+    else:
+        generator.manual_seed(seed)
+    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+
+    with torch.no_grad():
+        decoder = IncrementalDecoder(model, idx, max_new_tokens)
+    for step in range(max_new_tokens):
+        with torch.no_grad():
+            logits = decoder.logits
+            if vocab_size < logits.size(-1):
+                logits[:, vocab_size:] = float("-inf")
+            tokens = sample_next(logits, temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                tokens = tokens.masked_fill(finished, stop_token)
+                finished |= tokens == stop_token
+        yield tokens
+        last = step == max_new_tokens - 1
+        if last or (stop_token is not None and bool(finished.all())):
+            return
+        with torch.no_grad():  # not across the yield: the caller's code must run with its own grad mode
+            decoder.append(tokens)
+
+
+def generate(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_token: int | None = None,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """idx (B, T) -> (B, T + n): the prompts followed by n <= max_new_tokens new tokens (fewer only when every
+    sequence produced stop_token; a sequence that stopped earlier is padded with stop_token).
+    Arguments as in `generate_stream`."""
+    steps = list(
+        generate_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
+    )
+    return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)
+
+
+def check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size) -> int:
+    """Refuse unusable settings with a message naming the fix; returns the effective vocab_size."""
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p, seed)
+    model_vocab = model.config.vocab_size
+    vocab_size = model_vocab if vocab_size is None else vocab_size
+    if not _is_int(vocab_size) or not 0 < vocab_size <= model_vocab:
+        raise SamplingError(f"vocab_size must be in 1..{model_vocab} (the model's vocabulary), got {vocab_size!r}")
+    if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < vocab_size):
+        raise SamplingError(f"stop_token must be a token id in 0..{vocab_size - 1}, got {stop_token!r}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
+        raise SamplingError("idx must be an integer tensor of shape (batch, tokens); wrap one prompt as idx[None]")
+    if idx.size(0) == 0 or idx.size(1) == 0:
+        raise SamplingError(
+            f"idx has shape {tuple(idx.shape)}: give at least one token per sequence "
+            f"(for unconditional sampling start from <|endoftext|>, id 50256)"
+        )
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= model_vocab:
+        raise SamplingError(f"idx holds token id {low if low < 0 else high}, outside the model's 0..{model_vocab - 1}")
+    return vocab_size
+
+
+def check_sampling_settings(max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None) -> None:
+    """The checks that need no model (the CLI runs them before spending time on loading one)."""
+    if not _is_int(max_new_tokens) or max_new_tokens <= 0:
+        raise SamplingError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise SamplingError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k <= 0):
+        raise SamplingError(f"top_k must be a positive integer (or None for no top-k), got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise SamplingError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
+        raise SamplingError(f"seed must be an integer in 0..2**64-1 or None, got {seed!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

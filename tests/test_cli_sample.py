@@ -1,0 +1,152 @@
+"""`gpt2lab sample` end to end: output, prompts from flags, files and stdin, streaming text, bad input."""
+
+import io
+import sys
+
+import pytest
+import torch
+
+from gpt2lab.cli import DEFAULT_PROMPT, main, print_stream, read_prompt
+from gpt2lab.tokenizer import get_tokenizer
+from tests.conftest import run_cli
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny model; the machine's two cores are shared
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_single_sample_end_to_end(tiny_model_dir):
+    prompt = "Hello, I'm a language model,"
+    result = run_cli("sample", tiny_model_dir, "--prompt", prompt, "--num-samples", "1", "--max-new-tokens", "12",
+                     env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(prompt)
+    assert len(result.stdout) > len(prompt) + 12  # 12 tokens of text followed it
+    assert "Traceback" not in result.stderr and "tokens/s" in result.stderr
+
+
+def test_several_samples_from_piped_stdin_are_separated(tiny_model_dir):
+    args = ("sample", tiny_model_dir, "--num-samples", "3", "--max-new-tokens", "10", "--seed", "7")
+    result = run_cli(*args, input="Once upon a time\n", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Once upon a time") == 3  # the trailing newline of the piped text is dropped
+    assert "Once upon a time\n" not in result.stdout
+    for i in (1, 2, 3):
+        assert f"sample {i} of 3" in result.stdout
+
+
+def run_main(capsys, *argv):
+    code = main(["sample", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_same_seed_same_text_other_seed_other_text_empty_prompt_unconditional(tiny_model_dir, capsys):
+    base = (tiny_model_dir, "--num-samples", "2", "--max-new-tokens", "8", "--prompt", "")
+    code, out_a, _ = run_main(capsys, *base, "--seed", "1")
+    assert code == 0
+    assert "sample 1 of 2" in out_a and "<|endoftext|>" not in out_a
+    assert run_main(capsys, *base, "--seed", "1")[1] == out_a
+    assert run_main(capsys, *base, "--seed", "2")[1] != out_a
+
+
+def test_prompt_longer_than_context_is_cropped_with_a_warning(tiny_model_dir, capsys):
+    long_prompt = " ".join(f"word{i}" for i in range(100))  # > 64 tokens, the tiny model's context
+    code, out, err = run_main(capsys, tiny_model_dir, "--prompt", long_prompt, "--num-samples", "1",
+                              "--max-new-tokens", "5", "--temperature", "0")
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "last 64 tokens" in warnings[0]
+    assert out.startswith(get_tokenizer().decode(get_tokenizer().encode(long_prompt)[-64:]))
+    assert "word99" in out and "word0 " not in out
+
+
+def test_prompt_file(tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "prompt.txt"
+    path.write_text("The meaning of life is\n", encoding="utf-8")
+    code, out, _ = run_main(capsys, tiny_model_dir, "--prompt-file", path, "--num-samples", "1",
+                            "--max-new-tokens", "4")
+    assert code == 0 and out.startswith("The meaning of life is") and not out.startswith("The meaning of life is\n")
+
+
+def test_read_prompt_sources(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin\n"))  # no file descriptor: not "piped"
+    assert read_prompt(None, None) == DEFAULT_PROMPT
+    assert read_prompt("", None) == ""
+    assert read_prompt(None, "-") == "from stdin"
+
+
+def test_streaming_prints_only_whole_characters():
+    tokenizer = get_tokenizer()
+    text = " naïve café 🙂🤖 日本語"
+    tokens = tokenizer.encode(text)
+    pieces = []
+
+    class Recorder:
+        def write(self, s):
+            pieces.append(s)
+
+        def flush(self):
+            pass
+
+    count = print_stream(iter(tokens + [tokenizer.eot_token, 11]), tokenizer, Recorder())
+    assert count == len(tokens)  # stopped at <|endoftext|>
+    assert "".join(pieces) == text + "\n"
+    assert not any("\ufffd" in p for p in pieces)
+    singles = [tokenizer.decode_bytes([t]) for t in tokens]
+    assert any(b.decode("utf-8", errors="replace") != b.decode("utf-8", errors="ignore") for b in singles)  # split
+
+
+BAD_INPUT = [
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--max-new-tokens", "-5"], "max_new_tokens"),
+    (["--top-k", "0"], "top_k"),
+    (["--top-k", "-1"], "top_k"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--temperature", "-1"], "temperature"),
+    (["--num-samples", "0"], "num-samples"),
+    (["--device", "tpu"], "unknown device"),
+    (["--device", "cuda"], "not available"),
+    (["--dtype", "float64"], "unknown dtype"),
+    (["--prompt-file", "/nonexistent/prompt.txt"], "does not exist"),
+    (["--prompt", "x", "--prompt-file", "-"], "not both"),
+    (["--top-k", "many"], "integer or 'none'"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT, ids=[" ".join(f) for f, _ in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2(tiny_model_dir, capsys, flags, message):
+    if flags == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = ["sample", str(tiny_model_dir), *flags]
+    if "--prompt-file" not in flags:
+        argv += ["--prompt", "hi"]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own type errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_model_without_gpt2_vocabulary_is_refused(tmp_path, capsys):
+    from tests.conftest import tiny_gpt
+
+    tiny_gpt().save_pretrained(tmp_path / "toy")  # vocab 1011
+    code, _, err = run_main(capsys, tmp_path / "toy", "--prompt", "hi")
+    assert code == 2 and "vocabulary of 1011" in err and err.count("\n") == 1
+
+
+def test_bad_input_in_a_real_subprocess(tiny_model_dir):
+    result = run_cli("sample", tiny_model_dir, "--top-p", "2", env=ONE_THREAD)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "top_p" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""

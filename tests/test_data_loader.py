@@ -1,0 +1,124 @@
+"""TokenLoader: coverage per epoch across ranks, disjoint ranks, seeded shuffling, exact resume, validation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gpt2lab.data import DataError, TokenLoader, read_manifest, split_tokens
+
+
+def make_dataset(path, shard_lengths, split="train", **manifest_overrides):
+    """Shards whose tokens are their global positions (all distinct), so a batch tells where it came from."""
+    path.mkdir(parents=True, exist_ok=True)
+    shards, start = [], 0
+    for i, n in enumerate(shard_lengths):
+        name = f"{split}_{i:06d}.bin"
+        np.arange(start, start + n, dtype="<u2").tofile(path / name)
+        shards.append({"file": name, "tokens": n, "documents": 1, "sha256": "x"})
+        start += n
+    manifest = {"format": "gpt2lab-shards/1", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256,
+                "dtype": "uint16", "source": "test", "args": {}, "splits": {split: shards}, **manifest_overrides}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def epoch_batches(loader):
+    return [loader.next_batch() for _ in range(loader.batches_per_epoch)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_one_epoch_covers_every_position_once_across_ranks(tmp_path, world_size):
+    data = make_dataset(tmp_path / "d", [1000, 37, 2500, 611])  # odd sizes: chunks straddle shard ends
+    B, T = 3, 17
+    seen = []
+    for rank in range(world_size):
+        loader = TokenLoader(data, batch_size=B, seq_len=T, rank=rank, world_size=world_size, seed=5)
+        rank_tokens = []
+        for x, y in epoch_batches(loader):
+            assert x.shape == y.shape == (B, T) and x.dtype == y.dtype == __import__("torch").int64
+            assert (y.flatten()[:-1] == x.flatten()[1:]).all()  # y is x shifted by one
+            rank_tokens.append(x.flatten().numpy())
+        seen.append(np.concatenate(rank_tokens))
+    for a in range(world_size):  # ranks are disjoint
+        for b in range(a + 1, world_size):
+            assert not set(seen[a]) & set(seen[b])
+    union = np.concatenate(seen)
+    assert len(union) == len(set(union.tolist()))  # no position twice
+    total = 1000 + 37 + 2500 + 611
+    chunks = (total - 1) // (B * T)
+    assert len(union) == (chunks // world_size) * world_size * B * T  # all but the final partial batch(es)
+    assert total - len(union) < (world_size + 1) * B * T
+
+
+def test_seeds_shuffle_shards_and_positions_deterministically(tmp_path):
+    data = make_dataset(tmp_path / "d", [400, 400, 400, 400])
+
+    def order(seed, epoch_count=1):
+        loader = TokenLoader(data, batch_size=2, seq_len=10, seed=seed)
+        return [int(x[0, 0]) for _ in range(epoch_count) for x, _ in epoch_batches(loader)]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    starts = order(1)
+    assert starts != sorted(starts)  # not the file order
+    two_epochs = order(1, epoch_count=2)
+    assert two_epochs[:len(starts)] != two_epochs[len(starts):]  # a new order each epoch
+
+
+def test_resume_mid_epoch_mid_shard_and_across_epochs(tmp_path):
+    data = make_dataset(tmp_path / "d", [900, 700, 1300])
+    for rank in range(2):
+        reference = TokenLoader(data, batch_size=2, seq_len=16, rank=rank, world_size=2, seed=3)
+        per_epoch = reference.batches_per_epoch
+        expected = [reference.next_batch() for _ in range(3 * per_epoch)]
+        for stop in (1, per_epoch // 2 + 1, per_epoch, per_epoch + 3):
+            first = TokenLoader(data, batch_size=2, seq_len=16, rank=rank, world_size=2, seed=3)
+            for _ in range(stop):
+                first.next_batch()
+            state = json.loads(json.dumps(first.state_dict()))  # JSON-able
+            resumed = TokenLoader(data, batch_size=2, seq_len=16, rank=rank, world_size=2, seed=3)
+            resumed.load_state_dict(state)
+            for x_ref, y_ref in expected[stop:stop + per_epoch + 2]:
+                x, y = resumed.next_batch()
+                assert (x == x_ref).all() and (y == y_ref).all()
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = make_dataset(tmp_path / "d", [900])
+    state = TokenLoader(data, batch_size=2, seq_len=16).state_dict()
+    with pytest.raises(DataError, match="batch_size"):
+        TokenLoader(data, batch_size=4, seq_len=16).load_state_dict(state)
+
+
+def test_validation_mode_repeats_the_same_batches(tmp_path):
+    data = make_dataset(tmp_path / "d", [500, 300], split="val")
+    loader = TokenLoader(data, split="val", batch_size=2, seq_len=8, shuffle=False)
+    first = [loader.next_batch()[0] for _ in range(5)]
+    assert [int(x[0, 0]) for x in first] == [0, 16, 32, 48, 64]  # in order, no shuffling
+    loader.next_batch()
+    loader.reset()
+    again = [loader.next_batch()[0] for _ in range(5)]
+    assert all((a == b).all() for a, b in zip(first, again))
+
+
+def test_memmaps_and_refusals(tmp_path):
+    data = make_dataset(tmp_path / "d", [100, 50])
+    maps = split_tokens(data, "train")
+    assert [len(m) for m in maps] == [100, 50] and all(isinstance(m, np.memmap) for m in maps)
+    assert read_manifest(data)["vocab_size"] == 50257
+    with pytest.raises(DataError, match="too few"):
+        TokenLoader(data, batch_size=10, seq_len=15)  # 151 tokens needed, 150 there
+    TokenLoader(data, batch_size=1, seq_len=149)  # exactly enough
+    with pytest.raises(DataError, match="too few"):
+        TokenLoader(data, batch_size=1, seq_len=100, world_size=2)  # enough for one rank, not two
+    with pytest.raises(DataError, match="no split"):
+        TokenLoader(data, split="val", batch_size=1, seq_len=4)
+    with pytest.raises(DataError, match="does not exist"):
+        TokenLoader(tmp_path / "nope", batch_size=1, seq_len=4)
+    foreign = make_dataset(tmp_path / "f", [100], tokenizer="llama", vocab_size=32000)
+    with pytest.raises(DataError, match="another tokenizer"):
+        TokenLoader(foreign, batch_size=1, seq_len=4)
+    (data / "train_000001.bin").write_bytes(b"\0" * 10)  # truncated shard
+    with pytest.raises(DataError, match="wrong size"):
+        split_tokens(data, "train")

