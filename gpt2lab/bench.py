@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,12 +52,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _alternate(fns: dict, iters: int, warmup: int, repeats: int, device) -> dict[str, list[float]]:
-    """Run each fn `warmup` times, then `repeats` rounds of `iters` timed calls, alternating between fns."""
+def measure(fns: dict, device, iters: int = 1, warmup: int = 1, repeats: int = 3) -> tuple[dict, dict]:
+    """Warm each fn up on its own (so each gets its own peak memory), then time `repeats` rounds of `iters`
+    calls, alternating between fns so that load from elsewhere on the machine hits them alike.
+    Returns ({name: [seconds per call]}, {name: peak MB or None})."""
+    peaks = {}
+    for name, fn in fns.items():
+        with PeakMemory(device) as mem:
+            for _ in range(warmup):
+                fn()
+        peaks[name] = mem.peak_mb
     times = {name: [] for name in fns}
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
     for _ in range(repeats):
         for name, fn in fns.items():
             for _ in range(iters):
@@ -65,7 +71,7 @@ def _alternate(fns: dict, iters: int, warmup: int, repeats: int, device) -> dict
                 fn()
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
-    return times
+    return times, peaks
 
 
 class PeakMemory:
@@ -184,22 +190,31 @@ def bench_train(
     batch_size: int = 4,
     seq_len: int = 256,
     device: torch.device = torch.device("cpu"),
+    dtypes=("float32", "bfloat16"),
     iters: int = 3,
     warmup: int = 2,
     repeats: int = 3,
     compare: bool = True,
 ) -> dict:
-    from gpt2lab.train.optim import configure_optimizer, training_autocast
+    """Training steps (forward + backward + AdamW) of ours and transformers', same weights, batch and dtype.
+
+    float32 runs in full precision; bfloat16/float16 under autocast (weights and optimizer in float32), the way
+    `gpt2lab train` runs them.
+    """
+    from gpt2lab.train.config import OptimSection
+    from gpt2lab.train.optim import make_optimizer
 
     torch.manual_seed(0)
-    ours = GPT(config).to(device).train()
+    base = GPT(config)
     idx = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), device=device)
     x, y = idx[:, :-1], idx[:, 1:]
 
-    def step_fn(model, optimizer, autocast, forward):
+    def step_fn(model, optimizer, dtype, loss_of):
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
         def step():
             with autocast:
-                loss = forward(model)
+                loss = loss_of(model)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -207,52 +222,33 @@ def bench_train(
         return step
 
     fns = {}
-    our_default = training_autocast(device)  # what `gpt2lab train` uses on this device
-    variants = [("float32", contextlib.nullcontext())]
-    if our_default is not None:
-        variants.append((str(our_default.fast_dtype).removeprefix("torch."), our_default))
-    for dtype_name, autocast in variants:
-        model = ours if dtype_name == "float32" else _copy_model(ours, device)
-        fns[("gpt2lab", dtype_name)] = step_fn(
-            model, configure_optimizer(model, device=device), autocast, lambda m: m(x, y)[1]
-        )
-    if compare:
-        hf = hf_twin(ours).to(device).train()
-        hf.config.use_cache = False
-        fns[("transformers", "float32")] = step_fn(
-            hf, torch.optim.AdamW(hf.parameters(), lr=6e-4, foreach=True), contextlib.nullcontext(),
-            lambda m: m(idx, labels=idx).loss,
-        )
+    for name in dtypes:
+        dtype = getattr(torch, name)
+        ours = _copy_model(base, device).train()
+        fns[("gpt2lab", name)] = step_fn(ours, make_optimizer(ours, OptimSection(), device), dtype, lambda m: m(x, y)[1])
+        if compare:
+            hf = hf_twin(base).to(device).train()
+            hf.config.use_cache = False
+            # transformers' own recipe: AdamW over all parameters (foreach), loss from labels (shifted inside)
+            optimizer = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+            fns[("transformers", name)] = step_fn(hf, optimizer, dtype, lambda m: m(idx[:, :seq_len], labels=idx[:, :seq_len]).loss)
 
-    # Warm-up steps (allocations, optimizer state) run one implementation at a time, so that each gets
-    # its own peak memory; the timed steps then alternate between implementations.
-    peaks = {}
-    for name, fn in fns.items():
-        with PeakMemory(device) as mem:
-            for _ in range(warmup):
-                fn()
-        peaks[name] = mem.peak_mb
-    rows_times = _alternate(fns, iters, 0, repeats, device)
+    times, peaks = measure(fns, device, iters, warmup, repeats)
 
-    tokens = batch_size * seq_len
-    n_params = ours.num_parameters()
+    n_params = base.num_parameters()
     fpt = flops_per_token(config, n_params, seq_len)
-    peaks_flops = {
-        "float32": measure_matmul_peak(device, torch.float32),
-        "bfloat16": measure_matmul_peak(device, torch.bfloat16),
-    }
+    matmul_peak = {name: measure_matmul_peak(device, getattr(torch, name)) for name in dtypes}
     rows = []
-    for (impl, dtype_name), times in rows_times.items():
-        median = statistics.median(times)
-        tps = tokens / median
-        achieved = tps * fpt
-        extra = {"achieved_tflops": achieved / 1e12, "mfu_vs_measured_matmul": achieved / peaks_flops.get(dtype_name, peaks_flops["float32"])}
+    for (impl, name), ts in times.items():
+        median = statistics.median(ts)
+        achieved = batch_size * seq_len / median * fpt
+        extra = {"achieved_gflops": achieved / 1e9, "fraction_of_matmul_peak": achieved / matmul_peak[name]}
         if (pub := published_peak(device)) is not None:
             extra["mfu_vs_published_bf16_peak"] = achieved / pub
-        rows.append(Row(impl, dtype_name, batch_size, tps, median * 1e3, peaks[(impl, dtype_name)], extra))
+        rows.append(Row(impl, name, batch_size, batch_size * seq_len / median, median * 1e3, peaks[(impl, name)], extra))
     return _report("train", device, rows, {
         "config": asdict(config), "batch_size": batch_size, "seq_len": seq_len, "params": n_params,
-        "flops_per_token": fpt, "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks_flops.items()},
+        "flops_per_token": fpt, "matmul_peak_gflops": {k: v / 1e9 for k, v in matmul_peak.items()},
     })
 
 
@@ -299,10 +295,11 @@ def bench_generate(
 
             fns[("transformers", "float32")] = hf_generate
         with torch.inference_mode():
-            times = _alternate(fns, 1, 1, repeats, device)
+            times, peaks = measure(fns, device, repeats=repeats)
         for (impl, d), ts in times.items():
             median = statistics.median(ts)
-            rows.append(Row(impl, d, batch_size, batch_size * new_tokens / median, median * 1e3 / new_tokens))
+            rows.append(Row(impl, d, batch_size, batch_size * new_tokens / median, median * 1e3 / new_tokens,
+                            peaks[(impl, d)]))
     # Batch-1 decoding reads every weight once per token: memory bandwidth bounds it.
     bandwidth = measure_read_bandwidth(device)
     bytes_per_param = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -321,41 +318,48 @@ def bench_generate(
 # --------------------------------------------------------------------------------------------- prepare
 
 
-def bench_prepare(texts: list[str], repeats: int = 3) -> dict:
-    """Tokenisation throughput of `gpt2lab prepare`'s encoder vs raw tiktoken, same texts, all cores."""
-    from gpt2lab.data.prepare import tokenize_documents
+def bench_prepare(texts: list[str], repeats: int = 3, threads: int | None = None) -> dict:
+    """`gpt2lab prepare`'s pipeline (tokenise + write shards) vs raw tiktoken, same texts, all cores."""
+    from gpt2lab.data.prepare import PrepareConfig, prepare_documents
+    from gpt2lab.data.sources import Document
     from gpt2lab.tokenizer import get_tokenizer
 
+    threads = threads or os.cpu_count() or 1
     encoding = get_tokenizer().encoding
-    threads = os.cpu_count() or 1
+
+    def raw():
+        encoding.encode_ordinary_batch(texts, num_threads=threads)
+
+    def ours():
+        with tempfile.TemporaryDirectory() as tmp:
+            config = PrepareConfig(["<memory>"], tmp, val_docs=0, threads=threads, progress=False)
+            documents = (Document(text, f"#{i}") for i, text in enumerate(texts))
+            prepare_documents(documents, Path(tmp), config, {"sources": ["<memory>"], "args": {}}, log=lambda *_: None)
+
+    fns = {("gpt2lab", "uint16"): ours, ("tiktoken", "int"): raw}
+    times, peaks = measure(fns, torch.device("cpu"), repeats=repeats)
+    n_tokens = sum(len(t) + 1 for t in encoding.encode_ordinary_batch(texts, num_threads=threads))  # + EOT each
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    fns = {
-        ("gpt2lab", "uint16"): lambda: tokenize_documents(texts),
-        ("tiktoken", "int"): lambda: encoding.encode_ordinary_batch(texts, num_threads=threads),
-    }
-    n_tokens = sum(len(t) for t in encoding.encode_ordinary_batch(texts, num_threads=threads))
-    times = _alternate(fns, 1, 1, repeats, torch.device("cpu"))
     rows = []
-    for (impl, d), ts in times.items():
+    for (impl, dtype), ts in times.items():
         median = statistics.median(ts)
-        rows.append(Row(impl, d, len(texts), n_tokens / median, median * 1e3, extra={"mb_per_s": n_bytes / median / 1e6}))
-    return _report("prepare", torch.device("cpu"), rows, {"documents": len(texts), "bytes": n_bytes, "tokens": n_tokens})
+        rows.append(Row(impl, dtype, len(texts), n_tokens / median, median * 1e3, peaks[(impl, dtype)],
+                        {"mb_per_s": n_bytes / median / 1e6}))
+    return _report("prepare", torch.device("cpu"), rows,
+                   {"documents": len(texts), "bytes": n_bytes, "tokens": n_tokens, "threads": threads})
 
 
 # --------------------------------------------------------------------------------------------- report
 
 
 def _report(mode: str, device, rows: list[Row], details: dict) -> dict:
+    """Results plus ratios ours/theirs at the same batch size: same dtype, and against their float32."""
     ratios = {}
-    baselines = [r for r in rows if r.impl != "gpt2lab"]
-    for row in rows:
-        if row.impl != "gpt2lab":
-            continue
-        for base in baselines:
-            if base.batch_size == row.batch_size:
-                ratios[f"gpt2lab {row.dtype} / {base.impl} {base.dtype} (batch {row.batch_size})"] = (
-                    row.tokens_per_s / base.tokens_per_s
-                )
+    for ours in (r for r in rows if r.impl == "gpt2lab"):
+        for theirs in (r for r in rows if r.impl != "gpt2lab" and r.batch_size == ours.batch_size):
+            if mode == "prepare" or theirs.dtype in (ours.dtype, "float32"):
+                key = f"gpt2lab {ours.dtype} / {theirs.impl} {theirs.dtype} (batch {ours.batch_size})"
+                ratios[key] = ours.tokens_per_s / theirs.tokens_per_s
     return {
         "mode": mode,
         "environment": environment(device),
