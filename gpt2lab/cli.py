@@ -468,9 +468,84 @@ def run_plot(args) -> int:
     path = plot_runs(args.runs, out, baselines=not args.no_baselines)
     print(f"wrote {path}")
     return 0
+# --------------------------------------------------------------------------------------------- bench
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(part) for part in text.split(",") if part]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    return parse
+
+
+def add_bench_command(commands) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="measure gpt2lab against transformers / raw tiktoken, side by side in one process",
+        description="Run our implementation and the alternative alternately on the same config, dtype and "
+        "inputs (warm-up excluded, several repetitions) and print median tokens/s, ms per iteration, the ratio "
+        "ours/theirs, peak memory and, for training, the fraction of the measured matmul peak. Needs "
+        "transformers (pip install 'gpt2lab[bench]') except for --no-compare and prepare.",
+    )
+    p.add_argument("mode", choices=["train", "generate", "prepare"])
+    p.add_argument("--model", default="gpt2", choices=["gpt2", "tiny"],
+                   help="model shape, random weights (default gpt2 = 124M; tiny = a 2-layer smoke test)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
+    p.add_argument("--dtypes", type=_csv(str), default=None,
+                   help="comma-separated dtypes to run ours (and, for train, theirs) in; default float32, "
+                   "plus bfloat16 where the device computes it natively")
+    p.add_argument("--batch-size", type=int, default=4, help="train: micro-batch size (default 4)")
+    p.add_argument("--seq-len", type=int, default=256, help="train: sequence length (default 256)")
+    p.add_argument("--iters", type=int, default=3, help="train: timed steps per repetition (default 3)")
+    p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8], help="generate: batch sizes (default 1,8)")
+    p.add_argument("--new-tokens", type=int, default=256, help="generate: tokens per sequence (default 256)")
+    p.add_argument("--text-repeat", type=int, default=2,
+                   help="prepare: how many copies of the Shakespeare corpus to tokenise (default 2, ~10 MB)")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions, alternating implementations (default 3)")
+    p.add_argument("--no-compare", action="store_true", help="measure gpt2lab only")
+    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON to FILE")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> None:
+    from gpt2lab import bench
+    from gpt2lab.device import native_dtypes, resolve_device
+
+    for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
+        if getattr(args, flag) < 1:
+            raise GPT2LabError(f"--{flag.replace('_', '-')} must be at least 1")
+    if any(b < 1 for b in args.batch_sizes):
+        raise GPT2LabError("--batch-sizes must all be at least 1")
+    device = resolve_device(args.device)
+    dtypes = args.dtypes or native_dtypes(device)
+    for name in dtypes:
+        if name not in ("float32", "bfloat16", "float16"):
+            raise GPT2LabError(f"unknown dtype {name!r} in --dtypes; choose from float32, bfloat16, float16")
+    config = bench.BENCH_CONFIGS[args.model]
+    if args.mode == "train":
+        if args.seq_len > config.block_size:
+            raise GPT2LabError(f"--seq-len {args.seq_len} is longer than the {args.model} context of {config.block_size}")
+        report = bench.bench_train(config, args.batch_size, args.seq_len, device, dtypes, args.iters,
+                                   repeats=args.repeats, compare=not args.no_compare)
+    elif args.mode == "generate":
+        report = bench.bench_generate(config, args.batch_sizes, args.new_tokens, device=device, dtypes=dtypes,
+                                      repeats=args.repeats, compare=not args.no_compare)
+    else:
+        from gpt2lab.data.shakespeare import shakespeare_documents
+
+        texts = [doc.text for doc in shakespeare_documents()] * args.text_repeat
+        report = bench.bench_prepare(texts, repeats=args.repeats)
+    print(bench.format_table(report))
+    if args.json:
+        bench.write_json(report, args.json)
+        print(f"wrote {args.json}")
 
 
 # The subcommands, in the order `gpt2lab --help` lists them.
 COMMANDS = [
-    add_inspect_command, add_sample_command, add_prepare_command, add_train_command, add_eval_command, add_plot_command,
+    add_inspect_command, add_sample_command, add_prepare_command, add_train_command, add_eval_command,
+    add_plot_command, add_bench_command,
 ]

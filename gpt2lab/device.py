@@ -32,3 +32,17 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise GPT2LabError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (faster than float32), not by emulation (slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()  # AVX512-BF16 or AMX
+    return False
+
+
+def native_dtypes(device: torch.device) -> list[str]:
+    """The dtypes worth measuring on `device`: float32, and bfloat16 where it is native."""
+    return ["float32", "bfloat16"] if native_bf16(device) else ["float32"]

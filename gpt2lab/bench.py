@@ -1,0 +1,392 @@
+"""`gpt2lab bench`: our implementation and the one users would otherwise use, side by side, in one process.
+
+Every mode alternates the two implementations (ours, theirs, ours, theirs, ...) over the same inputs, drops
+warm-up iterations, and reports medians, so that load from elsewhere on the machine hits both alike.
+- train:    GPT forward + backward + AdamW step  vs  transformers.GPT2LMHeadModel, same weights and batch;
+- generate: our KV-cached sampler                vs  transformers generate(use_cache=True, do_sample, top_k=50);
+- prepare:  `gpt2lab prepare`'s tokenizer path   vs  raw tiktoken encode_ordinary_batch on all cores.
+transformers is imported only here (and in tests): it is a benchmark dependency, never a runtime one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpt2lab.errors import GPT2LabError
+from gpt2lab.model import GPT, GPTConfig
+
+# Published dense bf16 peaks (TFLOP/s) of GPUs people train GPT-2 on.
+PUBLISHED_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+BENCH_CONFIGS = {
+    "gpt2": GPTConfig.from_preset("gpt2"),
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=50257),
+}
+
+
+@dataclass
+class Row:
+    impl: str
+    dtype: str
+    batch_size: int
+    tokens_per_s: float
+    ms_per_iter: float
+    peak_mem_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fns: dict, device, iters: int = 1, warmup: int = 1, repeats: int = 3) -> tuple[dict, dict]:
+    """Warm each fn up on its own (so each gets its own peak memory), then time `repeats` rounds of `iters`
+    calls, alternating between fns so that load from elsewhere on the machine hits them alike.
+    Returns ({name: [seconds per call]}, {name: peak MB or None})."""
+    peaks = {}
+    for name, fn in fns.items():
+        with PeakMemory(device) as mem:
+            for _ in range(warmup):
+                fn()
+        peaks[name] = mem.peak_mb
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            for _ in range(iters):
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+    return times, peaks
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator stats on GPUs; on Linux, the process's peak RSS (VmHWM),
+    reset through /proc/self/clear_refs before the block so each implementation gets its own peak."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb: float | None = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            with contextlib.suppress(OSError, StopIteration, ValueError):
+                status = Path("/proc/self/status").read_text().splitlines()
+                line = next(l for l in status if l.startswith("VmHWM:"))
+                self.peak_mb = int(line.split()[1]) / 1024
+        return False
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matmul: the practical peak the model's matmuls are held against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    _sync(device)
+    return 2 * n**3 * count / (time.perf_counter() - t0)
+
+
+def measure_read_bandwidth(device: torch.device, mb: int = 1024, seconds: float = 1.0) -> float:
+    """Bytes/s for streaming through a buffer larger than the caches: what batch-1 decoding is bound by."""
+    x = torch.ones(mb * 2**20 // 4, device=device)
+    x.sum()
+    _sync(device)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x.sum()
+        count += 1
+    _sync(device)
+    return x.numel() * 4 * count / (time.perf_counter() - t0)
+
+
+def published_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for gpu, tf in PUBLISHED_PEAK_TFLOPS.items() if gpu in name), None)
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        env["transformers"] = transformers.__version__
+    return env
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise GPT2LabError(
+            "gpt2lab bench compares against transformers, which is not installed: pip install 'gpt2lab[bench]'"
+        ) from None
+    return transformers
+
+
+def hf_twin(model: GPT):
+    """A transformers GPT2LMHeadModel holding exactly `model`'s weights."""
+    from gpt2lab.checkpoint import config_to_hf, state_dict_to_hf
+
+    transformers = _transformers()
+    hf_config = transformers.GPT2Config(**config_to_hf(model.config))
+    hf = transformers.GPT2LMHeadModel(hf_config)
+    missing, unexpected = hf.load_state_dict(state_dict_to_hf(model), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    hf.tie_weights()
+    return hf
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def flops_per_token(config: GPTConfig, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights (forward + backward) + 6·L·C·T for causal attention."""
+    return 6 * n_params + 6 * config.n_layer * config.n_embd * seq_len
+
+
+def bench_train(
+    config: GPTConfig,
+    batch_size: int = 4,
+    seq_len: int = 256,
+    device: torch.device = torch.device("cpu"),
+    dtypes=("float32", "bfloat16"),
+    iters: int = 3,
+    warmup: int = 2,
+    repeats: int = 3,
+    compare: bool = True,
+) -> dict:
+    """Training steps (forward + backward + AdamW) of ours and transformers', same weights, batch and dtype.
+
+    float32 runs in full precision; bfloat16/float16 under autocast (weights and optimizer in float32), the way
+    `gpt2lab train` runs them.
+    """
+    from gpt2lab.train.config import OptimSection
+    from gpt2lab.train.optim import make_optimizer
+
+    torch.manual_seed(0)
+    base = GPT(config)
+    idx = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), device=device)
+    x, y = idx[:, :-1], idx[:, 1:]
+
+    def step_fn(model, optimizer, dtype, loss_of):
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+        def step():
+            with autocast:
+                loss = loss_of(model)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    fns = {}
+    for name in dtypes:
+        dtype = getattr(torch, name)
+        ours = _copy_model(base, device).train()
+        fns[("gpt2lab", name)] = step_fn(ours, make_optimizer(ours, OptimSection(), device), dtype, lambda m: m(x, y)[1])
+        if compare:
+            hf = hf_twin(base).to(device).train()
+            hf.config.use_cache = False
+            # transformers' own recipe: AdamW over all parameters (foreach), loss from labels (shifted inside)
+            optimizer = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+            fns[("transformers", name)] = step_fn(hf, optimizer, dtype, lambda m: m(idx[:, :seq_len], labels=idx[:, :seq_len]).loss)
+
+    times, peaks = measure(fns, device, iters, warmup, repeats)
+
+    n_params = base.num_parameters()
+    fpt = flops_per_token(config, n_params, seq_len)
+    matmul_peak = {name: measure_matmul_peak(device, getattr(torch, name)) for name in dtypes}
+    rows = []
+    for (impl, name), ts in times.items():
+        median = statistics.median(ts)
+        achieved = batch_size * seq_len / median * fpt
+        extra = {"achieved_gflops": achieved / 1e9, "fraction_of_matmul_peak": achieved / matmul_peak[name]}
+        if (pub := published_peak(device)) is not None:
+            extra["mfu_vs_published_bf16_peak"] = achieved / pub
+        rows.append(Row(impl, name, batch_size, batch_size * seq_len / median, median * 1e3, peaks[(impl, name)], extra))
+    return _report("train", device, rows, {
+        "config": asdict(config), "batch_size": batch_size, "seq_len": seq_len, "params": n_params,
+        "flops_per_token": fpt, "matmul_peak_gflops": {k: v / 1e9 for k, v in matmul_peak.items()},
+    })
+
+
+def _copy_model(model: GPT, device) -> GPT:
+    clone = GPT(model.config).to(device).train()
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def bench_generate(
+    config: GPTConfig,
+    batch_sizes=(1, 8),
+    new_tokens: int = 256,
+    prompt_tokens: int = 8,
+    device: torch.device = torch.device("cpu"),
+    dtypes=("float32", "bfloat16"),
+    repeats: int = 3,
+    compare: bool = True,
+) -> dict:
+    from gpt2lab.generate import generate
+
+    torch.manual_seed(0)
+    base = GPT(config).eval()
+    models = {d: _copy_model(base, "cpu").eval().to(device=device, dtype=getattr(torch, d)) for d in dtypes}
+    hf = hf_twin(base).to(device).eval() if compare else None
+    rows = []
+    for batch_size in batch_sizes:
+        idx = torch.randint(0, min(config.vocab_size, 50257), (batch_size, prompt_tokens), device=device)
+        fns = {}
+        for d, model in models.items():
+            fns[("gpt2lab", d)] = lambda m=model: generate(m, idx, new_tokens, temperature=1.0, top_k=50, seed=0)
+        if hf is not None:
+            mask = torch.ones_like(idx)
+
+            def hf_generate():
+                out = hf.generate(
+                    idx, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                    do_sample=True, top_k=50, use_cache=True, pad_token_id=0,
+                )
+                assert out.shape[1] == prompt_tokens + new_tokens
+
+            fns[("transformers", "float32")] = hf_generate
+        with torch.inference_mode():
+            times, peaks = measure(fns, device, repeats=repeats)
+        for (impl, d), ts in times.items():
+            median = statistics.median(ts)
+            rows.append(Row(impl, d, batch_size, batch_size * new_tokens / median, median * 1e3 / new_tokens,
+                            peaks[(impl, d)]))
+    # Batch-1 decoding reads every weight once per token: memory bandwidth bounds it.
+    bandwidth = measure_read_bandwidth(device)
+    bytes_per_param = {"float32": 4, "bfloat16": 2, "float16": 2}
+    n_params = base.num_parameters() - base.transformer.wpe.weight.numel()  # one wpe row is read per token
+    for row in rows:
+        if row.batch_size == 1 and row.impl == "gpt2lab":
+            bound = bandwidth / (n_params * bytes_per_param[row.dtype])
+            row.extra["bandwidth_bound_tokens_per_s"] = bound
+            row.extra["fraction_of_bound"] = row.tokens_per_s / bound
+    return _report("generate", device, rows, {
+        "config": asdict(config), "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
+        "read_bandwidth_gb_s": bandwidth / 1e9,
+    })
+
+
+# --------------------------------------------------------------------------------------------- prepare
+
+
+def bench_prepare(texts: list[str], repeats: int = 3, threads: int | None = None) -> dict:
+    """`gpt2lab prepare`'s pipeline (tokenise + write shards) vs raw tiktoken, same texts, all cores."""
+    from gpt2lab.data.prepare import PrepareConfig, prepare_documents
+    from gpt2lab.data.sources import Document
+    from gpt2lab.tokenizer import get_tokenizer
+
+    threads = threads or os.cpu_count() or 1
+    encoding = get_tokenizer().encoding
+
+    def raw():
+        encoding.encode_ordinary_batch(texts, num_threads=threads)
+
+    def ours():
+        with tempfile.TemporaryDirectory() as tmp:
+            config = PrepareConfig(["<memory>"], tmp, val_docs=0, threads=threads, progress=False)
+            documents = (Document(text, f"#{i}") for i, text in enumerate(texts))
+            prepare_documents(documents, Path(tmp), config, {"sources": ["<memory>"], "args": {}}, log=lambda *_: None)
+
+    fns = {("gpt2lab", "uint16"): ours, ("tiktoken", "int"): raw}
+    times, peaks = measure(fns, torch.device("cpu"), repeats=repeats)
+    n_tokens = sum(len(t) + 1 for t in encoding.encode_ordinary_batch(texts, num_threads=threads))  # + EOT each
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    rows = []
+    for (impl, dtype), ts in times.items():
+        median = statistics.median(ts)
+        rows.append(Row(impl, dtype, len(texts), n_tokens / median, median * 1e3, peaks[(impl, dtype)],
+                        {"mb_per_s": n_bytes / median / 1e6}))
+    return _report("prepare", torch.device("cpu"), rows,
+                   {"documents": len(texts), "bytes": n_bytes, "tokens": n_tokens, "threads": threads})
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _report(mode: str, device, rows: list[Row], details: dict) -> dict:
+    """Results plus ratios ours/theirs at the same batch size: same dtype, and against their float32."""
+    ratios = {}
+    for ours in (r for r in rows if r.impl == "gpt2lab"):
+        for theirs in (r for r in rows if r.impl != "gpt2lab" and r.batch_size == ours.batch_size):
+            if mode == "prepare" or theirs.dtype in (ours.dtype, "float32"):
+                key = f"gpt2lab {ours.dtype} / {theirs.impl} {theirs.dtype} (batch {ours.batch_size})"
+                ratios[key] = ours.tokens_per_s / theirs.tokens_per_s
+    return {
+        "mode": mode,
+        "environment": environment(device),
+        "details": details,
+        "results": [asdict(r) for r in rows],
+        "ratios": ratios,
+    }
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of a report, for the terminal and the README."""
+    header = f"{'impl':<13} {'dtype':<9} {'batch':>5} {'tokens/s':>10} {'ms/iter':>9} {'peak MB':>8}  notes"
+    lines = [f"gpt2lab bench {report['mode']} on {report['environment']['device']} "
+             f"({report['environment']['cpu_count']} cpus, torch {report['environment']['torch']})", header]
+    for r in report["results"]:
+        peak = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        notes = ", ".join(f"{k}={v:.3g}" for k, v in r["extra"].items())
+        lines.append(
+            f"{r['impl']:<13} {r['dtype']:<9} {r['batch_size']:>5} {r['tokens_per_s']:>10.1f} "
+            f"{r['ms_per_iter']:>9.1f} {peak:>8}  {notes}"
+        )
+    for name, ratio in report["ratios"].items():
+        lines.append(f"ratio {name}: {ratio:.2f}x")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path) -> None:
+    from gpt2lab.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
