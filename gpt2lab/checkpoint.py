@@ -8,9 +8,9 @@ A MODEL is one of
   - a gpt2lab run directory: its newest complete checkpoint (`RUN/checkpoints/step_XXXXXXXX/`).
 
 On disk our checkpoints *are* HF GPT-2 checkpoints, so transformers (and anything that reads GPT-2) loads them.
-HF's GPT-2 stores four projections as `Conv1D` with weights shaped (in, out); `nn.Linear` wants (out, in), so
-those four are transposed on the way in and out. `attn.c_proj.weight` is square: forgetting its transpose would
-fail silently, which is why the parity tests compare logits, not just shapes.
+The model keeps HF's names and HF's (in, out) weight layout (see `model.Conv1D`), so loading is a plain copy
+checked key by key and shape by shape; the only liberties are HF's optional `transformer.` prefix, the old
+causal-mask buffers, and `lm_head.weight`, which is tied to `transformer.wte.weight`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from gpt2lab.atomic import atomic_path, atomic_write_text
 from gpt2lab.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError
 from gpt2lab.model import GPT, GPTConfig
 
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older HF checkpoints
 HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
@@ -276,8 +275,6 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, where="ch
         if name not in expected:
             unexpected.append(key)
             continue
-        if name.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.t()
         ours[name] = tensor
     if unexpected:
         raise CheckpointError(f"{where}: unexpected keys {_some(unexpected)}; is this a GPT-2 checkpoint?")
@@ -293,10 +290,8 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, where="ch
     for name, tensor in sorted(ours.items(), key=lambda item: list(expected).index(item[0])):
         shape = expected[name]  # checked in model order, so the first mismatch reported is the earliest
         if tuple(tensor.shape) != shape:
-            hf_shape = tuple(tensor.t().shape) if name.endswith(CONV1D_WEIGHTS) else tuple(tensor.shape)
-            hf_expected = shape[::-1] if name.endswith(CONV1D_WEIGHTS) else shape
             raise CheckpointError(
-                f"{where}: {name} has shape {hf_shape} but config.json implies {hf_expected}; "
+                f"{where}: {name} has shape {tuple(tensor.shape)} but config.json implies {shape}; "
                 f"the weights and config.json do not belong together"
             )
         if not tensor.is_floating_point():
@@ -316,15 +311,12 @@ def _some(keys: list[str], n: int = 5) -> str:
 
 
 def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """Our parameters under HF names, Conv1D weights transposed, lm_head left out (tied to wte)."""
+    """Our parameters under HF names, lm_head left out (tied to wte)."""
     hf = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
             continue  # HF re-ties it to transformer.wte.weight; safetensors cannot store shared storage
-        tensor = tensor.detach()
-        if name.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.t()
-        hf[name] = tensor.contiguous().cpu()
+        hf[name] = tensor.detach().contiguous().cpu()
     return hf
 
 

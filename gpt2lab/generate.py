@@ -81,14 +81,16 @@ def sample_next(
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
+    candidates = None  # vocabulary ids of the columns of `logits`; None: all of them
     if top_k is not None and top_k < logits.size(-1):
-        values, indices = torch.topk(logits, top_k, dim=-1)
-        # exactly k survivors, even when several logits tie with the k-th
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+        # Keep exactly k survivors (even when several logits tie with the k-th) and draw among those k
+        # only: a softmax and a draw over 50 values instead of 50,257.
+        logits, candidates = torch.topk(logits, top_k, dim=-1)
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1.0:
         probs = keep_top_p(probs, top_p)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    choice = torch.multinomial(probs, num_samples=1, generator=generator)
+    return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)
 
 
 def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -4,8 +4,7 @@ The plots follow the first steps of the GPT-2 reproduction: the learned position
 and a few channels as curves over position, which come out smooth and sinusoid-like in a trained model, noisy in
 a random one) and a block of the first layer's attention weight.
 
-Shapes are those of this implementation's `nn.Linear` layers, (out, in); Hugging Face files store the four
-`Conv1D` weights (c_attn, c_proj, c_fc, mlp.c_proj) transposed, as (in, out).
+Shapes are as stored, identical to Hugging Face's files: projection weights are (in, out) (`model.Conv1D`).
 """
 
 from __future__ import annotations

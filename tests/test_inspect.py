@@ -59,7 +59,7 @@ def test_cli_inspect_prints_table_and_writes_pngs(tiny_model_dir, tmp_path, caps
 
 
 def test_channels_flag_and_attention_block_larger_than_300(tmp_path):
-    model = tiny_gpt(n_embd=312, n_head=4, block_size=40)  # c_attn is 936 x 312: a 300 x 300 block is cut out
+    model = tiny_gpt(n_embd=312, n_head=4, block_size=40)  # c_attn is 312 x 936: a 300 x 300 block is cut out
     paths = write_plots(model, tmp_path, channels=[0, 311])
     for path in paths:
         assert_valid_png(path)

@@ -1,0 +1,61 @@
+"""`gpt2lab bench` runs each mode on a tiny config and writes well-formed JSON. No timing assertions."""
+
+import json
+
+import pytest
+
+from gpt2lab.cli import main
+
+ROW_FIELDS = {"impl", "dtype", "batch_size", "tokens_per_s", "ms_per_iter", "peak_mem_mb", "extra"}
+
+
+def run_bench(tmp_path, capsys, *args):
+    out = tmp_path / "bench.json"
+    assert main(["bench", *args, "--repeats", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert set(report) == {"mode", "environment", "details", "results", "ratios"}
+    for row in report["results"]:
+        assert set(row) == ROW_FIELDS
+        assert row["tokens_per_s"] > 0 and row["ms_per_iter"] > 0
+    assert all(ratio > 0 for ratio in report["ratios"].values())
+    assert "ratio gpt2lab" in printed  # the table, with its ratio lines
+    return report
+
+
+def test_bench_train(tmp_path, capsys):
+    report = run_bench(tmp_path, capsys, "train", "--model", "tiny", "--batch-size", "2", "--seq-len", "32",
+                       "--iters", "1", "--dtypes", "float32,bfloat16")
+    assert {(r["impl"], r["dtype"]) for r in report["results"]} == {
+        ("gpt2lab", "float32"), ("transformers", "float32"), ("gpt2lab", "bfloat16"), ("transformers", "bfloat16")}
+    for row in report["results"]:
+        assert 0 < row["extra"]["fraction_of_matmul_peak"]
+    assert report["details"]["flops_per_token"] > 6 * report["details"]["params"]
+    assert "gpt2lab float32 / transformers float32 (batch 2)" in report["ratios"]
+
+
+def test_bench_generate(tmp_path, capsys):
+    report = run_bench(tmp_path, capsys, "generate", "--model", "tiny", "--new-tokens", "8", "--batch-sizes", "1,2")
+    assert {(r["impl"], r["batch_size"]) for r in report["results"]} == {
+        ("gpt2lab", 1), ("gpt2lab", 2), ("transformers", 1), ("transformers", 2)}
+    batch1 = next(r for r in report["results"] if r["impl"] == "gpt2lab" and r["batch_size"] == 1)
+    assert batch1["extra"]["bandwidth_bound_tokens_per_s"] > 0
+    assert report["details"]["read_bandwidth_gb_s"] > 0
+
+
+def test_bench_prepare(tmp_path, capsys):
+    report = run_bench(tmp_path, capsys, "prepare", "--text-repeat", "1")
+    assert {r["impl"] for r in report["results"]} == {"gpt2lab", "tiktoken"}
+    assert report["details"]["documents"] == 42 and report["details"]["tokens"] > 1_500_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "tiny", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--model", "tiny", "--seq-len", "4096"], "longer than the tiny context"),
+    (["generate", "--dtypes", "float8"], "unknown dtype 'float8'"),
+    (["train", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bench_bad_input(capsys, args, message):
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
