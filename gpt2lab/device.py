@@ -46,3 +46,27 @@ def native_bf16(device: torch.device) -> bool:
 def native_dtypes(device: torch.device) -> list[str]:
     """The dtypes worth measuring on `device`: float32, and bfloat16 where it is native."""
     return ["float32", "bfloat16"] if native_bf16(device) else ["float32"]
+
+
+def keep_freed_memory() -> None:
+    """Let this process reuse the large blocks it frees instead of handing them back to the OS (Linux/glibc).
+
+    Why: glibc serves every allocation over 32 MB (logits, activations, gradients of a training step) with a
+    fresh mmap and unmaps it on free, so each step pays a page fault for every 4 KB page it touches again: on a
+    CPU that measured ~200k faults and ~45% of a small model's training step. Turning mmap allocation off and
+    raising the trim threshold keeps the memory in the heap for the next step (the same effect as the
+    MALLOC_MMAP_MAX_=0 environment setting, or preloading jemalloc/tcmalloc). Peak memory is unchanged; memory
+    freed at the peak is kept for reuse rather than returned. A no-op where glibc's mallopt is unavailable.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # macOS, Windows, musl: nothing to do
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))

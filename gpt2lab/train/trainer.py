@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2lab import distributed
 from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
-from gpt2lab.device import resolve_device
+from gpt2lab.device import keep_freed_memory, resolve_device
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.train import state as ckpt
@@ -131,6 +131,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput, loss unaffected
             torch.backends.cudnn.allow_tf32 = True
+        else:
+            keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
 
         checkpoint = self._check_run_dir()  # every rank checks before rank 0 writes anything
         self._check_data()
