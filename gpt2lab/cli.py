@@ -17,7 +17,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gpt2lab", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="gpt2lab",
+        description="GPT-2 from scratch: look inside it, sample it, prepare data, train, evaluate, benchmark.",
+    )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add_command in COMMANDS:
@@ -162,9 +165,6 @@ def run_eval(args) -> int:
     if ctx.enabled:
         distributed.exit_process(0)  # a torchrun worker must leave this way (see distributed.exit_process)
     return 0
-
-# Each entry adds one subcommand (its flags, and `run` set to the function that executes it).
-
 
 # --------------------------------------------------------------------------------------------- inspect
 
@@ -544,7 +544,8 @@ def run_bench(args) -> None:
         print(f"wrote {args.json}")
 
 
-# The subcommands, in the order `gpt2lab --help` lists them.
+# The subcommands, in the order `gpt2lab --help` lists them. Each adds its parser (flags, and `run` set to
+# the function that executes it).
 COMMANDS = [
     add_inspect_command, add_sample_command, add_prepare_command, add_train_command, add_eval_command,
     add_plot_command, add_bench_command,
