@@ -70,7 +70,7 @@ def test_shakespeare_cpu_preset_runs_a_few_steps_then_plot(tmp_path):
                      "--data.dir", data, "--data.batch_size", "1", "--data.total_batch_tokens", "128", "--eval.val_batches=1", "--eval.sample_every", "2",
                      "--eval.sample_tokens", "8")
     assert result.returncode == 0, result.stderr
-    assert "4 layers, 128 dims" in result.stdout and "step      2/2" in result.stdout
+    assert "6 layers, 128 dims" in result.stdout and "step      2/2" in result.stdout
     assert (run / "samples.txt").read_text().startswith("--- step 2, sample 1 ---\nROMEO:")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "grad_norm", "ms_per_step", "tokens_per_s"} <= set(records[0])
