@@ -512,7 +512,7 @@ def add_bench_command(commands) -> None:
 
 def run_bench(args) -> None:
     from gpt2lab import bench
-    from gpt2lab.device import native_dtypes, resolve_device
+    from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
 
     for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
         if getattr(args, flag) < 1:
@@ -520,6 +520,8 @@ def run_bench(args) -> None:
     if any(b < 1 for b in args.batch_sizes):
         raise GPT2LabError("--batch-sizes must all be at least 1")
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as `gpt2lab train` does; it is process-wide, so both sides get it
     dtypes = args.dtypes or native_dtypes(device)
     for name in dtypes:
         if name not in ("float32", "bfloat16", "float16"):
