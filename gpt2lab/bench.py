@@ -281,8 +281,17 @@ def bench_generate(
     dtypes=("float32", "bfloat16"),
     repeats: int = 3,
     compare: bool = True,
+    recompute: bool = False,
 ) -> dict:
-    from gpt2lab.generate import generate
+    """Sampling (top-k 50) of ours and transformers'; with `recompute`, also the anchors' loop without a KV cache
+    (the whole cropped context recomputed for every token), to show what the cache buys."""
+    from gpt2lab.generate import generate, sample_next
+
+    def recompute_loop(model, idx):
+        generator = torch.Generator(device=idx.device).manual_seed(0)
+        for _ in range(new_tokens):
+            logits, _ = model(idx[:, -model.config.block_size :], last_logits_only=True)
+            idx = torch.cat([idx, sample_next(logits[:, -1].float(), top_k=50, generator=generator)[:, None]], 1)
 
     torch.manual_seed(0)
     base = GPT(config).eval()
@@ -305,6 +314,8 @@ def bench_generate(
                 assert out.shape[1] == prompt_tokens + new_tokens
 
             fns[("transformers", "float32")] = hf_generate
+        if recompute:
+            fns[("no-cache loop", dtypes[0])] = lambda m=models[dtypes[0]]: recompute_loop(m, idx)
         with torch.inference_mode():
             times, peaks = measure(fns, device, repeats=repeats)
         for (impl, d), ts in times.items():

@@ -502,6 +502,8 @@ def add_bench_command(commands) -> None:
     p.add_argument("--iters", type=int, default=3, help="train: timed steps per repetition (default 3)")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8], help="generate: batch sizes (default 1,8)")
     p.add_argument("--new-tokens", type=int, default=256, help="generate: tokens per sequence (default 256)")
+    p.add_argument("--no-cache-baseline", action="store_true",
+                   help="generate: also time the loop without a KV cache (recompute the context every token; slow)")
     p.add_argument("--text-repeat", type=int, default=2,
                    help="prepare: how many copies of the Shakespeare corpus to tokenise (default 2, ~10 MB)")
     p.add_argument("--repeats", type=int, default=3, help="repetitions, alternating implementations (default 3)")
@@ -534,7 +536,8 @@ def run_bench(args) -> None:
                                    repeats=args.repeats, compare=not args.no_compare)
     elif args.mode == "generate":
         report = bench.bench_generate(config, args.batch_sizes, args.new_tokens, device=device, dtypes=dtypes,
-                                      repeats=args.repeats, compare=not args.no_compare)
+                                      repeats=args.repeats, compare=not args.no_compare,
+                                      recompute=args.no_cache_baseline)
     else:
         from gpt2lab.data.shakespeare import shakespeare_documents
 

@@ -35,9 +35,12 @@ def test_bench_train(tmp_path, capsys):
 
 
 def test_bench_generate(tmp_path, capsys):
-    report = run_bench(tmp_path, capsys, "generate", "--model", "tiny", "--new-tokens", "8", "--batch-sizes", "1,2")
+    report = run_bench(tmp_path, capsys, "generate", "--model", "tiny", "--new-tokens", "8", "--batch-sizes", "1,2",
+                       "--no-cache-baseline")
     assert {(r["impl"], r["batch_size"]) for r in report["results"]} == {
-        ("gpt2lab", 1), ("gpt2lab", 2), ("transformers", 1), ("transformers", 2)}
+        ("gpt2lab", 1), ("gpt2lab", 2), ("transformers", 1), ("transformers", 2), ("no-cache loop", 1),
+        ("no-cache loop", 2)}
+    assert "gpt2lab float32 / no-cache loop float32 (batch 1)" in report["ratios"]
     batch1 = next(r for r in report["results"] if r["impl"] == "gpt2lab" and r["batch_size"] == 1)
     assert batch1["extra"]["bandwidth_bound_tokens_per_s"] > 0
     assert report["details"]["read_bandwidth_gb_s"] > 0
