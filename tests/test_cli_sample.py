@@ -13,13 +13,6 @@ from tests.conftest import run_cli
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny model; the machine's two cores are shared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_single_sample_end_to_end(tiny_model_dir):
     prompt = "Hello, I'm a language model,"

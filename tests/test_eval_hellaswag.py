@@ -49,14 +49,6 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

@@ -24,13 +24,6 @@ TEXT = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_text_file_loss_equals_the_models_own_loss(tmp_path):
     model = tiny_gpt(vocab_size=50257, block_size=128)

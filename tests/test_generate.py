@@ -11,15 +11,6 @@ from tests.conftest import ODD, hf_gpt2, tiny_gpt
 BLOCK = ODD["block_size"]  # 37: small, so the tests cross the context boundary
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: thread start-up costs more than it saves, and on a shared 2-core machine two spinning OpenMP
-    # threads per process slow these tests down a hundredfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def full_logits(model, seq):
     """The reference: recompute the last block_size tokens from scratch, no cache."""

@@ -10,7 +10,7 @@ from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.cli import main
 from gpt2lab.train.config import (ConfigError, TrainConfig, incompatible_fields, read_config_file, resolve_config,
                                   to_toml)
-from train_utils import cli_flags, losses, tiny_config, write_dataset
+from train_utils import cli_flags, losses, write_dataset
 
 
 def one_line_error(result, *needles):

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 
 from gpt2lab.atomic import TMP_PREFIX, atomic_write_text
 from gpt2lab.data.errors import DataError

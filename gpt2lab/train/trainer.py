@@ -8,12 +8,10 @@ checkpoint, so `--resume` continues with bit-identical losses on CPU.
 """
 
 import contextlib
-import json
 import math
 import shutil
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
