@@ -7,7 +7,8 @@ A MODEL is one of
     `pytorch_model.bin`, read with `torch.load(weights_only=True)`: never unpickle arbitrary objects);
   - a gpt2lab run directory: its newest complete checkpoint (`RUN/checkpoints/step_XXXXXXXX/`).
 
-On disk our checkpoints *are* HF GPT-2 checkpoints, so transformers (and anything that reads GPT-2) loads them.
+On disk our checkpoints *are* HF GPT-2 checkpoints, so transformers (and anything that reads GPT-2) loads them;
+they carry GPT-2's tokenizer files too (`hf_tokenizer_files`), which loading here ignores.
 The model keeps HF's names and HF's (in, out) weight layout (see `model.Conv1D`), so loading is a plain copy
 checked key by key and shape by shape; the only liberties are HF's optional `transformer.` prefix, the old
 causal-mask buffers, and `lm_head.weight`, which is tied to `transformer.wte.weight`.
@@ -18,12 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from gpt2lab.atomic import atomic_path, atomic_write_text
-from gpt2lab.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError
+from gpt2lab.errors import CheckpointError, ModelNotFoundError, TokenizerError, UnsupportedConfigError
+from gpt2lab.hf_tokenizer_files import GPT2_VOCAB_SIZE, write_tokenizer_files
 from gpt2lab.model import GPT, GPTConfig
 
 IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older HF checkpoints
@@ -321,7 +324,11 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: GPT, directory) -> Path:
-    """Write `config.json` + `model.safetensors` (HF GPT-2 format), each atomically."""
+    """Write `model.safetensors`, the tokenizer files and `config.json` (HF GPT-2 format), each atomically.
+
+    config.json goes last: it is what marks a directory as a model (`resolve_model_dir`, `latest_checkpoint`),
+    so a save interrupted into a fresh directory never looks complete.
+    """
     from safetensors.torch import save_file
 
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: save the module underneath
@@ -332,7 +339,22 @@ def save_model(model: GPT, directory) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / SAFETENSORS) as tmp:
         save_file(state_dict_to_hf(model), tmp, metadata={"format": "pt"})
+    _save_tokenizer_files(model.config, directory)
     config = config_to_hf(model.config)
     config["dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def _save_tokenizer_files(config: GPTConfig, directory: Path) -> None:
+    """GPT-2's tokenizer next to the weights, so HF tools load it from the checkpoint itself.
+
+    Without the BPE ranks (offline, no cached copy) the model is still saved, with a warning: weights matter more.
+    """
+    if config.vocab_size < GPT2_VOCAB_SIZE:
+        return  # a toy vocabulary: GPT-2's tokenizer would produce ids this model does not have
+    try:
+        write_tokenizer_files(directory, config.block_size)
+    except TokenizerError as e:
+        # stacklevel 3 names save_model's caller; the message has no path, so Python shows it once per run
+        warnings.warn(f"saved the model without tokenizer files (vocab.json, merges.txt): {e}", stacklevel=3)

@@ -265,7 +265,7 @@ class GPT(nn.Module):
         return load_model(source, device=device, dtype=dtype)
 
     def save_pretrained(self, directory) -> None:
-        """Write `config.json` + `model.safetensors` in Hugging Face GPT-2 format."""
+        """Write `config.json` + `model.safetensors` in Hugging Face GPT-2 format, with GPT-2's tokenizer files."""
         from gpt2lab.checkpoint import save_model
 
         save_model(self, directory)

@@ -25,6 +25,26 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ODD = dict(n_layer=3, n_head=3, n_embd=48, block_size=37, vocab_size=1011)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """gpt2lab's cache for the whole session (subprocesses included), so tests never write into the user's.
+
+    It starts with links to the user's downloads (BPE ranks, Shakespeare archive: nothing is fetched again; gpt2lab
+    replaces files by rename, so a link is never written through) but not with derived files such as the HF
+    tokenizer files: the tests derive those themselves, once per session.
+    """
+    from gpt2lab.tokenizer import cache_dir
+
+    user_cache, cache = cache_dir(), tmp_path_factory.mktemp("gpt2lab-cache")
+    if user_cache.is_dir():
+        for entry in user_cache.iterdir():
+            if entry.is_file():
+                (cache / entry.name).symlink_to(entry)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPT2LAB_CACHE", str(cache))
+        yield cache
+
+
 def tiny_gpt(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     return GPT(GPTConfig(**{**ODD, **overrides})).eval()

@@ -145,3 +145,7 @@ def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
     assert tuned.config == start.config  # the shape comes from the model, not from the [model] section
     moved = tuned.state_dict()["transformer.h.0.mlp.c_fc.weight"] - start.state_dict()["transformer.h.0.mlp.c_fc.weight"]
     assert 0 < float(moved.abs().max()) < 0.1  # trained a little, from those weights
+    # the run's checkpoint is self-contained for HF tools: GPT-2's tokenizer is in it
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(latest_checkpoint(run)).encode("Hello, world") == [15496, 11, 995]

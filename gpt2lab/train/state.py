@@ -1,6 +1,7 @@
 """Checkpoints of a training run: the model (HF format) plus everything needed to continue exactly.
 
 RUN/checkpoints/step_%08d/ = config.json + model.safetensors (what `load_model(RUN)` and transformers read)
++ vocab.json, merges.txt, tokenizer_config.json (GPT-2's tokenizer for HF tools, see `hf_tokenizer_files`)
 + training_state.pt (optimizer, grad scaler, step, each rank's data-loader position and RNG states, config),
 written with torch.save and read back with torch.load(weights_only=True): tensors and plain containers only.
 The directory is assembled under a temporary name and renamed when complete, so a kill at any moment leaves
