@@ -16,6 +16,17 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
+def _default_mode(kind: int) -> int:
+    """The permissions a plain open()/mkdir() would give (0o666 / 0o777 minus the umask).
+
+    mkstemp/mkdtemp create private (0600/0700) files, and a rename keeps them: without this every checkpoint
+    and shard would be unreadable to the other users of a shared machine.
+    """
+    umask = os.umask(0)
+    os.umask(umask)  # reading the umask means setting it; put it straight back
+    return kind & ~umask
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(directory, os.O_RDONLY)
@@ -34,6 +45,7 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    os.fchmod(fd, _default_mode(0o666))
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -61,6 +73,7 @@ def atomic_directory(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    tmp.chmod(_default_mode(0o777))
     try:
         yield tmp
         if path.exists():
