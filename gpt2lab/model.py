@@ -1,9 +1,8 @@
 """GPT-2, written from scratch, in one file.
 
-Module and parameter names follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn.weight`, ...), so a
-released checkpoint maps onto this model key for key; the only difference is that HF stores four projection
-weights transposed (its `Conv1D`), which `checkpoint.py` takes care of. Nothing here knows about files, hubs,
-devices or training.
+Module and parameter names and weight layouts follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn.weight`,
+projections stored (in, out) as in its `Conv1D`), so a released checkpoint maps onto this model key for key, as a
+plain copy. Nothing here knows about files, hubs, devices or training.
 
 References:
 1) OpenAI's TensorFlow GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
@@ -99,8 +98,32 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x):
-        y = torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight)
+        x2d = x.reshape(-1, x.size(-1))
+        if x2d.size(0) <= FEW_ROWS and x2d.is_cpu and not torch.is_grad_enabled():
+            y = matmul_few_rows(x2d, self.weight) + self.bias  # decoding: see matmul_few_rows
+        else:
+            y = torch.addmm(self.bias, x2d, self.weight)
         return y.view(*x.shape[:-1], y.size(-1))
+
+
+FEW_ROWS = 16  # up to here the split below measured faster (1.4x at 1 row, 1.05x at 16, slower at 64)
+
+
+def matmul_few_rows(x, w):
+    """x @ w for a handful of rows of x, using every CPU thread.
+
+    Decoding feeds one token per sequence, so each projection multiplies a few rows by a weight matrix: a
+    matrix-vector product whose speed is how fast the weights stream from memory. On CPU, MKL runs these small
+    products on a single thread (~14 GB/s on a 2-core EPYC, and worse for 2-8 rows), so split the inner dimension
+    into one slice per thread, multiply the slices as one batched matmul (which torch spreads over the threads)
+    and add the partial products: ~21 GB/s, decoding ~1.2x faster.
+    """
+    rows, inner = x.shape
+    parts = torch.get_num_threads()
+    if parts < 2 or inner % parts:
+        return x @ w
+    partial = torch.bmm(x.view(rows, parts, inner // parts).transpose(0, 1), w.view(parts, inner // parts, -1))
+    return partial.sum(0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -205,14 +228,8 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None, last_logits_only: bool = False):
-        """idx (B, T) token ids -> (logits, loss).
-
-        targets (B, T): next-token ids, -100 where no loss is wanted; the loss is their mean cross-entropy.
-        cache: continue after the `cache.pos` positions it holds (and append these T to it).
-        last_logits_only: compute the vocabulary projection for the last position only, all that sampling
-        needs; it is the most expensive matmul of a decode step.
-        """
+    def hidden_states(self, idx, cache: KVCache | None = None):
+        """idx (B, T) -> (B, T, n_embd): the final LayerNorm's output, which lm_head projects onto the vocabulary."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
         if past + T > self.config.block_size:
@@ -228,8 +245,17 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         if cache is not None:
             cache.pos += T
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
 
+    def forward(self, idx, targets=None, cache: KVCache | None = None, last_logits_only: bool = False):
+        """idx (B, T) token ids -> (logits, loss).
+
+        targets (B, T): next-token ids, -100 where no loss is wanted; the loss is their mean cross-entropy.
+        cache: continue after the `cache.pos` positions it holds (and append these T to it).
+        last_logits_only: compute the vocabulary projection for the last position only, all that sampling
+        needs; it is the most expensive matmul of a decode step.
+        """
+        x = self.hidden_states(idx, cache)
         if last_logits_only:
             x = x[:, -1:, :]
         logits = self.lm_head(x)

@@ -25,8 +25,17 @@ def naive_greedy(model, idx, steps):
     return idx
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Decoding splits small matmuls over the CPU threads (model.matmul_few_rows): check both paths."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("prompt_len", [5, BLOCK - 1, BLOCK + 13])
-def test_cached_logits_equal_full_recomputation_across_block_size(prompt_len):
+def test_cached_logits_equal_full_recomputation_across_block_size(prompt_len, threads):
     model = tiny_gpt()
     torch.manual_seed(3)
     seq = torch.randint(0, ODD["vocab_size"], (2, prompt_len))

@@ -82,3 +82,25 @@ def test_invalid_config_is_refused(bad):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown GPT-2 preset 'gpt3'"):
         GPTConfig.from_preset("gpt3")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+def test_decoding_matmul_split_over_threads_equals_addmm(rows):
+    """Conv1D's few-rows path (inference, CPU, several threads) gives x @ W + b like the plain one."""
+    from gpt2lab.model import Conv1D
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = Conv1D(96, 40)
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+        x = torch.randn(rows, 1, 96)
+        with torch.no_grad():
+            got = layer(x)
+        expected = (x.double() @ layer.weight.double() + layer.bias.double()).float()
+        assert got.shape == (rows, 1, 40)
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
+    finally:
+        torch.set_num_threads(before)
