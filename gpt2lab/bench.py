@@ -213,7 +213,7 @@ def bench_train(
     `gpt2lab train` runs them.
     """
     from gpt2lab.train.config import OptimSection
-    from gpt2lab.train.optim import make_optimizer
+    from gpt2lab.train.optim import adamw_implementation, make_optimizer
 
     torch.manual_seed(0)
     base = GPT(config)
@@ -240,8 +240,10 @@ def bench_train(
         if compare:
             hf = hf_twin(base).to(device).train()
             hf.config.use_cache = False
-            # transformers' own recipe: AdamW over all parameters (foreach), loss from labels (shifted inside)
-            optimizer = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+            # transformers' own recipe: AdamW over all parameters, fused like its Trainer's default on
+            # torch >= 2.8 (and like ours: the optimizer is not what is compared), loss from labels (shifted inside)
+            optimizer = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                          **adamw_implementation(device))
             fns[("transformers", name)] = step_fn(hf, optimizer, dtype, lambda m: m(idx[:, :seq_len], labels=idx[:, :seq_len]).loss)
 
     times, peaks = measure(fns, device, iters, warmup, repeats)

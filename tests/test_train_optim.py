@@ -44,7 +44,7 @@ def test_weight_decay_groups_are_exactly_the_matrices():
     # every parameter exactly once (the tied lm_head/wte tensor included once)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     optimizer = make_optimizer(model, OptimSection(), torch.device("cpu"))
-    assert optimizer.defaults["foreach"] and optimizer.defaults["betas"] == (0.9, 0.95)
+    assert optimizer.defaults["fused"] and optimizer.defaults["betas"] == (0.9, 0.95)
 
 
 def test_grad_accumulation_of_4_equals_one_4x_batch():
