@@ -84,8 +84,9 @@ def test_unknown_preset():
         GPTConfig.from_preset("gpt3")
 
 
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "transposed-weight"])
 @pytest.mark.parametrize("rows", [1, 3, 16, 17])
-def test_decoding_matmul_split_over_threads_equals_addmm(rows):
+def test_decoding_matmul_split_over_threads_equals_addmm(rows, contiguous):
     """Conv1D's few-rows path (inference, CPU, several threads) gives x @ W + b like the plain one."""
     from gpt2lab.model import Conv1D
 
@@ -95,6 +96,8 @@ def test_decoding_matmul_split_over_threads_equals_addmm(rows):
         torch.manual_seed(0)
         layer = Conv1D(96, 40)
         torch.nn.init.normal_(layer.weight)
+        if not contiguous:  # a weight assigned from a transposed tensor: the split must follow its strides
+            layer.weight = torch.nn.Parameter(layer.weight.detach().t().contiguous().t())
         torch.nn.init.normal_(layer.bias)
         x = torch.randn(rows, 1, 96)
         with torch.no_grad():
