@@ -16,15 +16,24 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)  # reading the umask means setting it: put it straight back
+    return umask
+
+
+# Read once, at import, before any worker thread exists: while the umask is briefly 0 above, a file another thread
+# created would get 0o666. A process's umask is set by its launcher and practically never changes afterwards.
+_UMASK = _read_umask()
+
+
 def _default_mode(kind: int) -> int:
     """The permissions a plain open()/mkdir() would give (0o666 / 0o777 minus the umask).
 
     mkstemp/mkdtemp create private (0600/0700) files, and a rename keeps them: without this every checkpoint
     and shard would be unreadable to the other users of a shared machine.
     """
-    umask = os.umask(0)
-    os.umask(umask)  # reading the umask means setting it; put it straight back
-    return kind & ~umask
+    return kind & ~_UMASK
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,18 +1,17 @@
 """Atomic writes: complete or absent, never half-written, and with the permissions a plain write would give."""
 
-import os
 import stat
 
 import pytest
 
+from gpt2lab import atomic
 from gpt2lab.atomic import atomic_directory, atomic_path, atomic_write_text
 
 
 @pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
+def umask_022(monkeypatch):
+    """The umask as atomic.py read it at import (the process's own may differ on a test machine)."""
+    monkeypatch.setattr(atomic, "_UMASK", 0o022)
 
 
 def mode(path):
