@@ -1,19 +1,117 @@
-"""Atomic file and directory writes: write under a temporary name, then rename.
+"""Writing files safely: atomically (temporary name, then rename), and with the OS's refusals in one line.
 
 A rename within one filesystem is atomic, so a reader (or a later run after a crash) sees either the old
 complete file or the new complete file, never a half-written one. Temporary names start with `.tmp-` so that
 nothing looking for real files mistakes them for complete ones.
+
+When the OS refuses a write (a full disk, a read-only filesystem, no permission, a path under /proc), the
+writers here raise `OutputError`: a user error naming the path, the OS's reason and a fix, which the CLI prints
+as one line. `writable_directory` checks an output directory up front, before a command starts its work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from gpt2lab.errors import GPT2LabError
+
 TMP_PREFIX = ".tmp-"
+
+
+class OutputError(GPT2LabError, OSError):
+    """The operating system refused to write where the user asked (disk full, read-only, permissions, ...).
+
+    `errno`, `strerror` and `filename` are set as on any OSError; the message stays the one-line sentence."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+_FIXES = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space (you are over your disk quota) or write elsewhere",
+    errno.EROFS: "choose a location on a writable filesystem",
+    errno.EACCES: "choose a location you may write to, or change its permissions",
+    errno.EPERM: "choose a location you may write to, or change its permissions",
+}
+_DISK_NEARLY_FULL = 1 << 20  # bytes: below this, a writer's opaque failure is taken to be a full disk
+
+
+def output_error(error: BaseException, path) -> OutputError | None:
+    """The `OutputError` for `error`, raised while writing `path`, if the OS refused the write; else None.
+
+    Writers implemented in C++/Rust do not raise OSError: safetensors says "... (os error 28)", and torch.save
+    only "unexpected pos ..." when the disk fills up. So the errno is also read from the message, and an opaque
+    failure on a nearly full filesystem is reported as the full disk it almost certainly is. Call this before
+    removing the partial file, which frees the space the check looks at.
+    """
+    if isinstance(error, GPT2LabError) and not isinstance(error, OutputError):
+        return None  # already a user error with its own message
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and not isinstance(error, OSError):
+        found = re.search(r"os error (\d+)", str(error))
+        code = int(found.group(1)) if found else (errno.ENOSPC if _nearly_full(path) else None)
+    if code is None:
+        return None
+    # Named after `path`, what the user asked for: not a temporary file inside it, nor a parent mkdir tried.
+    reason = os.strerror(code)
+    refused = OutputError(f"cannot write {path}: {reason}; {_FIXES.get(code, 'check the path, or write elsewhere')}")
+    refused.errno, refused.strerror, refused.filename = code, reason, str(path)
+    return refused
+
+
+def _nearly_full(path) -> bool:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _DISK_NEARLY_FULL
+
+
+@contextlib.contextmanager
+def reporting_refusals(path):
+    """Turn the OS refusing a write inside the block into an `OutputError` naming `path`."""
+    try:
+        yield
+    except Exception as e:
+        refused = output_error(e, path)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+def writable_directory(path) -> Path:
+    """Create directory `path` if needed and prove a file can be written in it, so that an output the OS will
+    refuse fails in one line before a command starts its (possibly long) work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a directory; choose another path")
+    with reporting_refusals(path):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=TMP_PREFIX) as probe:  # unnamed: nothing to clean up
+            probe.write(b"\0")
+            probe.flush()
+            os.fsync(probe.fileno())  # a full disk refuses the byte here
+    return path
+
+
+def writable_file(path) -> Path:
+    """`writable_directory` for the directory that will hold file `path`; a refusal names `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name")
+    with reporting_refusals(path):
+        writable_directory(path.parent)
+    return path
 
 
 def _read_umask() -> int:
@@ -52,19 +150,31 @@ def atomic_path(path):
     On any exception (KeyboardInterrupt included) the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    with reporting_refusals(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
     os.fchmod(fd, _default_mode(0o666))
     os.close(fd)
     tmp = Path(tmp)
-    try:
+    with _removed_on_failure(path, lambda: tmp.unlink(missing_ok=True)):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(path, remove):
+    """On any exception (KeyboardInterrupt included) call `remove` (the temporary is discarded) and re-raise;
+    an OS refusal becomes an `OutputError`, judged before `remove` frees the space a full disk is judged by."""
+    try:
+        yield
+    except BaseException as e:
+        refused = output_error(e, path) if isinstance(e, Exception) else None
+        remove()
+        if refused is not None:
+            raise refused from None
         raise
 
 
@@ -80,10 +190,11 @@ def atomic_directory(path):
     Used for checkpoints: a directory either exists complete or does not exist at all.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    with reporting_refusals(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
     tmp.chmod(_default_mode(0o777))
-    try:
+    with _removed_on_failure(path, lambda: shutil.rmtree(tmp, ignore_errors=True)):
         yield tmp
         if path.exists():
             # Move the old one aside first: a directory cannot be replaced by rename in one step.
@@ -95,6 +206,3 @@ def atomic_directory(path):
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

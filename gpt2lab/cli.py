@@ -40,6 +40,13 @@ def main(argv=None) -> int:
     except GPT2LabError as e:
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno is None or isinstance(e, BrokenPipeError):
+            raise
+        # The OS refused something the library did not wrap (a read, say): still one line, naming the path.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"gpt2lab {args.command}: error: {where}{e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"gpt2lab {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -189,11 +196,12 @@ def add_inspect_command(commands) -> None:
 
 
 def run_inspect(args) -> None:
+    from gpt2lab.atomic import writable_directory
     from gpt2lab.checkpoint import load_model
     from gpt2lab.inspect import format_report, write_plots
 
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():  # fail before loading
-        raise GPT2LabError(f"--plots {args.plots} is a file; pass a directory for the PNGs (it is created if missing)")
+    if args.plots:  # an unusable --plots fails now, not after the model load and the report
+        writable_directory(args.plots)
     model = load_model(args.model, device="cpu")
     print(format_report(model))
     if args.plots:
@@ -514,6 +522,7 @@ def add_bench_command(commands) -> None:
 
 def run_bench(args) -> None:
     from gpt2lab import bench
+    from gpt2lab.atomic import writable_file
     from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
 
     for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
@@ -521,6 +530,8 @@ def run_bench(args) -> None:
             raise GPT2LabError(f"--{flag.replace('_', '-')} must be at least 1")
     if any(b < 1 for b in args.batch_sizes):
         raise GPT2LabError("--batch-sizes must all be at least 1")
+    if args.json:  # an unwritable --json fails now, not after minutes of measuring
+        writable_file(args.json)
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_freed_memory()  # as `gpt2lab train` does; it is process-wide, so both sides get it

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab.atomic import atomic_path
+from gpt2lab.atomic import atomic_path, writable_directory
 from gpt2lab.errors import GPT2LabError
 
 FIGURE_SIZE = (8, 6)  # inches; at DPI below every PNG is 800 x 600 pixels
@@ -104,10 +104,7 @@ def write_plots(model, directory, channels=None) -> list[Path]:
     bad = [c for c in channels if not 0 <= c < n_embd]
     if not channels or bad:
         raise InspectError(f"channels must be in 0..{n_embd - 1} (the model's n_embd is {n_embd}), got {list(channels)}")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # permission denied, read-only filesystem, a file in the way higher up
-        raise InspectError(f"cannot create the plot directory {directory}: {e.strerror}; choose another --plots DIR") from None
+    writable_directory(directory)  # permission denied, read-only filesystem, a file in the way higher up
 
     wpe = model.transformer.wpe.weight.detach().float().cpu()
     c_attn = model.transformer.h[0].attn.c_attn.weight.detach().float().cpu()

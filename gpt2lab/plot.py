@@ -5,7 +5,7 @@ Dashed lines are OpenAI GPT-2 124M's scores, the baselines a from-scratch 124M r
 
 from pathlib import Path
 
-from gpt2lab.atomic import atomic_path
+from gpt2lab.atomic import atomic_path, writable_file
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.train.metrics import read_metrics
 
@@ -24,6 +24,9 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise GPT2LabError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
     runs = []
     for run in map(Path, run_dirs):
         path = run / "metrics.jsonl"
@@ -33,6 +36,7 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
         if not any("loss" in r for r in records):
             raise GPT2LabError(f"{path} has no training steps logged yet")
         runs.append((run.name or str(run), records))
+    writable_file(out)  # a refused output fails before the drawing
 
     has_hellaswag = any(any("hellaswag_acc_norm" in r for r in records) for _, records in runs)
     fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 8, 5), squeeze=False)
@@ -65,9 +69,6 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
         ax.legend(fontsize=8)
 
     fig.tight_layout()
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise GPT2LabError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

@@ -30,6 +30,7 @@ from gpt2lab.data.manifest import (DTYPE, EOT_TOKEN, FORMAT, MANIFEST, SPLITS, S
                                    read_manifest)
 from gpt2lab.data.shards import ShardWriter
 from gpt2lab.data.sources import Document, SourceOptions, SourceStats, describe_source, iter_documents
+from gpt2lab.dirlock import LOCK_FILE, DirectoryLock
 from gpt2lab.tokenizer import get_tokenizer
 
 DEFAULT_VAL_FRACTION = 0.01
@@ -70,21 +71,18 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     out = Path(config.out)
     options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split,
                             exclude=out)
-    complete, resume = _existing_output(out, fingerprint, config.overwrite)
-    if complete is not None:
-        total = sum(s["tokens"] for shards in complete["splits"].values() for s in shards)
-        log(f"{out} already holds this dataset ({total:,} tokens, complete); nothing to do (--overwrite rebuilds it)")
-        return complete
-    documents = iter_documents(config.sources, options, stats)  # resolves sources: fails before writing
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = prepare_documents(documents, out, config, fingerprint, resume=resume, stats=stats, log=log)
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    return manifest
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a directory")
+    # One prepare per output directory: a second one would interleave shards. A failed start leaves nothing.
+    with DirectoryLock(out, what="gpt2lab prepare"):
+        complete, resume = _existing_output(out, fingerprint, config.overwrite)
+        if complete is not None:
+            total = sum(s["tokens"] for shards in complete["splits"].values() for s in shards)
+            log(f"{out} already holds this dataset ({total:,} tokens, complete); nothing to do "
+                f"(--overwrite rebuilds it)")
+            return complete
+        documents = iter_documents(config.sources, options, stats)  # resolves sources: fails before writing
+        return prepare_documents(documents, out, config, fingerprint, resume=resume, stats=stats, log=log)
 
 
 def prepare_documents(documents: Iterable[Document], out: Path, config: PrepareConfig, fingerprint: dict,
@@ -301,7 +299,7 @@ def _fingerprint(config: PrepareConfig) -> dict:
 
 def _ours(path: Path) -> bool:
     name = path.name
-    return (name in (MANIFEST, STATE) or name.startswith(TMP_PREFIX)
+    return (name in (MANIFEST, STATE, LOCK_FILE) or name.startswith(TMP_PREFIX)
             or (name.endswith(".bin") and name.split("_")[0] in SPLITS))
 
 
@@ -309,10 +307,6 @@ def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dic
     """(manifest, None) if `out` holds this dataset complete; (None, progress) if an unfinished prepare of it
     can resume; (None, None) after clearing anything else of ours. A different dataset is refused unless
     `overwrite`; files that are not ours are always refused."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a directory")
-    if not out.exists():
-        return None, None
     foreign = [p.name for p in out.iterdir() if not _ours(p)]
     if foreign:
         raise DataError(f"--out {out} holds files that are not a gpt2lab dataset ({', '.join(sorted(foreign)[:3])}); "
@@ -340,7 +334,8 @@ def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dic
         raise DataError(f"--out {out} holds a different dataset (or different prepare options); choose another "
                         f"--out, rerun with the same options, or pass --overwrite to replace it")
     for p in out.iterdir():  # our files only (checked above): a clean start
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if p.name != LOCK_FILE:  # held by this process
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     return None, None
 
 

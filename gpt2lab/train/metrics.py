@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab.atomic import atomic_write_text
+from gpt2lab.atomic import atomic_write_text, reporting_refusals
 
 # Dense bf16 peak per GPU (no sparsity), for model FLOPs utilisation; unknown devices report no MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -62,7 +62,8 @@ class MetricsLog:
         if not self.enabled:
             return
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:  # one short append per line; a crash loses at most it
+        # One short append per line: a crash loses at most that line.
+        with reporting_refusals(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
 
     @staticmethod

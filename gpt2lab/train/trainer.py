@@ -19,8 +19,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2lab import distributed
+from gpt2lab.atomic import OutputError, atomic_write_text, reporting_refusals
 from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
 from gpt2lab.device import keep_freed_memory, resolve_device
+from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.train import state as ckpt
@@ -112,6 +114,8 @@ class Trainer:
         self.progress = progress
         self._log = log or print
         self.stop_signal = None
+        self.lock: DirectoryLock | None = None  # rank 0's hold on the run directory, for the trainer's whole life
+        self.ctx, self.step = distributed.DistContext(), 0
 
     def log(self, line: str) -> None:
         if self.ctx.is_main:
@@ -132,6 +136,7 @@ class Trainer:
         else:
             keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
 
+        self._lock_run_dir()
         checkpoint = self._check_run_dir()  # every rank checks before rank 0 writes anything
         self._check_data()
         self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
@@ -157,6 +162,27 @@ class Trainer:
             self._prepare_run_dir(checkpoint)
         distributed.barrier()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.ctx.is_main)
+
+    def _lock_run_dir(self) -> None:
+        """Rank 0 takes the run directory's lock (creating the directory) before anything else touches it; every
+        rank learns whether it did, so a refused launch stops all of them with rank 0's one-line reason."""
+        refusal = None
+        if self.ctx.is_main:
+            try:
+                self.lock = DirectoryLock(self.run_dir, what="gpt2lab train").acquire()
+            except GPT2LabError as e:
+                if not self.ctx.enabled:
+                    raise
+                refusal = str(e)
+        refusal = distributed.broadcast_from_main(refusal)
+        if refusal is not None:
+            raise GPT2LabError(refusal)
+
+    def _release_run_dir(self, failed: bool) -> None:
+        if self.lock is not None:
+            # A launch that failed before writing anything leaves no empty run directory behind.
+            self.lock.release(remove_if_unused=failed)
+            self.lock = None
 
     def _check_run_dir(self):
         """The checkpoint to resume from (or None); refuses to mix two runs in one directory."""
@@ -186,10 +212,7 @@ class Trainer:
             for name in RUN_FILES:  # only our own files: a user's notes in the directory survive
                 path = run / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        run.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temporaries(run)
-        from gpt2lab.atomic import atomic_write_text
-
         atomic_write_text(run / "config.toml", to_toml(self.config))
         if checkpoint is not None:  # forget what a killed run logged after its last checkpoint
             MetricsLog.truncate(run / "metrics.jsonl", after_step=self.step)
@@ -256,6 +279,15 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        failed = True
+        try:
+            result = self._run()
+            failed = False
+            return result
+        finally:
+            self._release_run_dir(failed)
+
+    def _run(self) -> TrainResult:
         self.setup()
         cfg, max_steps = self.config, self.config.schedule.max_steps
         n_params = self.raw_model.num_parameters()
@@ -308,6 +340,9 @@ class Trainer:
                     self.log(f"stopped by {self.stop_signal} at step {self.step}: checkpoint saved; continue with "
                              f"the same command plus --resume")
                     return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
+        except OutputError as e:  # the disk filled up (or went read-only) mid-run
+            raise OutputError(f"{e}; training stopped at step {self.step}: {self._last_good_checkpoint()}, "
+                              f"continue from it with --resume") from None
         finally:
             self._restore_signal_handlers(previous)
             if bar is not None:
@@ -334,10 +369,13 @@ class Trainer:
         return val_loss
 
     def _diverged(self, step: int, loss: float, norm: float) -> TrainingDiverged:
-        found = ckpt.complete_checkpoints(self.run_dir)
-        keep = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
         return TrainingDiverged(f"loss became {loss} (grad norm {norm}) at step {step}; stopped without saving: "
-                                f"{keep}; lower optim.lr or raise schedule.warmup_steps and resume or restart")
+                                f"{self._last_good_checkpoint()}; lower optim.lr or raise schedule.warmup_steps "
+                                f"and resume or restart")
+
+    def _last_good_checkpoint(self) -> str:
+        found = ckpt.complete_checkpoints(self.run_dir)
+        return f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
 
     # --- evaluation, samples, checkpoints ---------------------------------------------------------------
 
@@ -384,7 +422,8 @@ class Trainer:
         model.train()
         texts = [tok.decode([t for t in row.tolist() if t < tok.n_vocab]) for row in out]
         block = "".join(f"--- step {self.step}, sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
-        with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+        path = self.run_dir / "samples.txt"
+        with reporting_refusals(path), open(path, "a", encoding="utf-8") as f:
             f.write(block)
         self.log(f"step {self.step}: sample: {texts[0][:200]!r}")
 
