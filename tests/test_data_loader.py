@@ -1,4 +1,5 @@
-"""TokenLoader: coverage per epoch across ranks, disjoint ranks, seeded shuffling, exact resume, validation."""
+"""TokenLoader: coverage per epoch across ranks, disjoint ranks, seeded shuffling, the same chunks per step for any
+(processes x accumulation), exact resume (with another number of processes too), validation."""
 
 import json
 
@@ -51,6 +52,57 @@ def test_one_epoch_covers_every_position_once_across_ranks(tmp_path, world_size)
     assert total - len(union) < (world_size + 1) * B * T
 
 
+def step_chunks(loaders, grad_accum, steps):
+    """The chunks (named by their first token) each of `steps` optimizer steps takes over all ranks, sorted."""
+    return [sorted(int(loader.next_batch()[0][0, 0]) for _ in range(grad_accum) for loader in loaders)
+            for _ in range(steps)]
+
+
+def rank_loaders(data, world_size, grad_accum, **kwargs):
+    return [TokenLoader(data, batch_size=3, seq_len=17, rank=r, world_size=world_size, grad_accum=grad_accum, seed=5,
+                        **kwargs) for r in range(world_size)]
+
+
+ODD_SHARDS = [1000, 37, 2500, 611]  # 4148 tokens = 81 chunks of 3 x 17 (+ 16 left over): an odd number
+
+
+@pytest.mark.parametrize("layouts", [[(1, 2), (2, 1)], [(1, 4), (2, 2), (4, 1)], [(1, 3), (3, 1)]])
+def test_each_step_takes_the_same_chunks_for_any_processes_x_accumulation(tmp_path, layouts):
+    data = make_dataset(tmp_path / "d", ODD_SHARDS)
+    chunks_per_step = layouts[0][0] * layouts[0][1]
+    steps = 2 * (81 // chunks_per_step) + 3  # into the third epoch
+    reference = step_chunks(rank_loaders(data, *layouts[0]), layouts[0][1], steps)
+    for world_size, grad_accum in layouts[1:]:
+        assert step_chunks(rank_loaders(data, world_size, grad_accum), grad_accum, steps) == reference
+    # an epoch is a whole number of steps, its chunks all distinct; the next epoch starts a new order
+    per_epoch = 81 // chunks_per_step
+    epoch0 = [c for step in reference[:per_epoch] for c in step]
+    assert len(set(epoch0)) == per_epoch * chunks_per_step
+    assert reference[per_epoch:2 * per_epoch] != reference[:per_epoch]
+
+
+def test_chunk_order_depends_on_neither_processes_nor_accumulation(tmp_path):
+    data = make_dataset(tmp_path / "d", ODD_SHARDS)
+    orders = [rank_loaders(data, w, a)[0]._starts.tolist() for w, a in [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2)]]
+    assert all(order == orders[0] for order in orders) and len(orders[0]) == 81
+
+
+def test_state_saved_with_some_processes_resumes_with_others(tmp_path):
+    data = make_dataset(tmp_path / "d", ODD_SHARDS)
+    steps_per_epoch = 81 // 4
+    expected = step_chunks(rank_loaders(data, 2, 2), 2, 3 * steps_per_epoch)
+    for stop in (3, steps_per_epoch, steps_per_epoch + 2):  # mid-epoch, at an epoch's end, past it
+        saved = rank_loaders(data, 2, 2)
+        step_chunks(saved, 2, stop)
+        state = json.loads(json.dumps(saved[1].state_dict()))  # any rank's state
+        for world_size, grad_accum in [(1, 4), (4, 1), (2, 2)]:
+            resumed = rank_loaders(data, world_size, grad_accum)
+            for loader in resumed:
+                loader.load_state_dict(state)
+            got = step_chunks(resumed, grad_accum, steps_per_epoch + 2)
+            assert got == expected[stop:stop + steps_per_epoch + 2], (stop, world_size, grad_accum)
+
+
 def test_seeds_shuffle_shards_and_positions_deterministically(tmp_path):
     data = make_dataset(tmp_path / "d", [400, 400, 400, 400])
 
@@ -89,6 +141,24 @@ def test_resume_refuses_other_settings(tmp_path):
     state = TokenLoader(data, batch_size=2, seq_len=16).state_dict()
     with pytest.raises(DataError, match="batch_size"):
         TokenLoader(data, batch_size=4, seq_len=16).load_state_dict(state)
+    # another total batch: other epoch boundaries, so not the same stream
+    step2 = TokenLoader(data, batch_size=2, seq_len=16, rank=1, world_size=2).state_dict()
+    with pytest.raises(DataError, match="chunks_per_step=2"):
+        TokenLoader(data, batch_size=2, seq_len=16, rank=1, world_size=2, grad_accum=2).load_state_dict(step2)
+    # mid-step (one micro-step of two taken): another number of processes cannot split the rest of the step
+    mid_step = TokenLoader(data, batch_size=2, seq_len=16, grad_accum=2)
+    mid_step.next_batch()
+    with pytest.raises(DataError, match="optimizer-step boundary"):
+        TokenLoader(data, batch_size=2, seq_len=16, rank=1, world_size=2).load_state_dict(mid_step.state_dict())
+
+
+def test_state_of_an_older_version_resumes_at_the_same_point(tmp_path):
+    data = make_dataset(tmp_path / "d", [900])
+    old = {"epoch": 1, "position": 3, "seed": 1337, "shuffle": 1, "batch_size": 2, "seq_len": 16, "world_size": 2,
+           "num_tokens": 900}  # 3 batches on each of 2 ranks
+    loader = TokenLoader(data, batch_size=2, seq_len=16, rank=1, world_size=2)
+    loader.load_state_dict(old)
+    assert (loader.epoch, loader.chunks_done) == (1, 6)
 
 
 def test_validation_mode_repeats_the_same_batches(tmp_path):

@@ -1,9 +1,12 @@
-"""DDP: two gloo processes under torchrun give the per-step losses of one process with accumulation 2."""
+"""DDP: two gloo processes under torchrun give the per-step losses of one process with accumulation 2, and a run
+resumes with the other number of processes on the same token stream."""
 
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, run_cli
@@ -11,31 +14,61 @@ from gpt2lab.checkpoint import load_model
 from train_utils import cli_flags, losses, write_dataset
 
 
-def test_torchrun_two_processes_match_one_process_with_accumulation(tmp_path):
-    data = write_dataset(tmp_path / "data")
-    # 2 x 16 tokens per micro-batch; 64 tokens per step = 2 micro-steps on one process, 1 on each of two
+def one_process(*args):
+    return run_cli("train", *args)
+
+
+def two_processes(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "gpt2lab", "train", *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 6 steps on 1 process x 2 micro-steps and on 2 processes x 1, checkpoints at steps 3 and 6."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    # 11 chunks of 2 x 16 tokens: an odd number, so neither process count divides the epoch's chunks; 2 chunks a
+    # step gives epochs of 5 steps, so step 6 is in the second epoch.
+    data = write_dataset(tmp / "data", train_tokens=11 * 32 + 1)
     flags = cli_flags(data, data__batch_size=2, data__total_batch_tokens=64, schedule__max_steps=6,
                       eval__val_every=3, checkpoint__every=3)
-    single = run_cli("train", "--out", tmp_path / "single", *flags)
+    single = one_process("--out", tmp / "single", *flags)
     assert single.returncode == 0, single.stderr
     assert "x 1 process(es) x 2 micro-steps" in single.stdout
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "gpt2lab", "train", "--out", str(tmp_path / "ddp"), *flags],
-        env=env, capture_output=True, text=True, timeout=300)
+    ddp = two_processes("--out", tmp / "ddp", *flags)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "x 2 process(es) x 1 micro-steps" in ddp.stdout
     assert ddp.stdout.count("step      1/6") == 1  # only rank 0 logs
+    return tmp, flags
 
-    one, two = losses(tmp_path / "single"), losses(tmp_path / "ddp")
-    assert sorted(one) == sorted(two) == list(range(1, 7))
-    for step in one:
-        assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
-    a, b = load_model(tmp_path / "single").state_dict(), load_model(tmp_path / "ddp").state_dict()
+
+def assert_same_losses(run, reference):
+    got, expected = losses(run), losses(reference)
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    for step in expected:
+        assert abs(got[step] - expected[step]) < 1e-5, (step, got[step], expected[step])
+
+
+def test_torchrun_two_processes_match_one_process_with_accumulation(runs):
+    tmp, _ = runs
+    assert_same_losses(tmp / "ddp", tmp / "single")
+    a, b = load_model(tmp / "single").state_dict(), load_model(tmp / "ddp").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
     # the rank-1 loader position and RNG are in the checkpoint too
-    state = torch.load(tmp_path / "ddp/checkpoints/step_00000006/training_state.pt", weights_only=True)
+    state = torch.load(tmp / "ddp/checkpoints/step_00000006/training_state.pt", weights_only=True)
     assert len(state["loader"]) == len(state["rng"]) == 2 and state["world_size"] == 2
+
+
+def test_resume_with_another_number_of_processes_continues_the_same_stream(runs):
+    tmp, flags = runs
+    for saved, resumed, relaunch, change in [("ddp", "shrunk", one_process, "2 -> 1"),
+                                             ("single", "grown", two_processes, "1 -> 2")]:
+        shutil.copytree(tmp / saved, tmp / resumed)
+        shutil.rmtree(tmp / resumed / "checkpoints/step_00000006")  # as if stopped after the step-3 checkpoint
+        result = relaunch("--out", tmp / resumed, "--resume", *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "step_00000003" in result.stdout and f"process count changed: {change}" in result.stdout
+        assert_same_losses(tmp / resumed, tmp / saved)  # steps 4-6 as the uninterrupted run computed them

@@ -3,9 +3,15 @@
 An epoch lays the split's shards end to end (in a seeded order) and cuts that stream into chunks of B*T tokens;
 chunk k yields x = tokens[kBT : kBT+BT] and y = tokens[kBT+1 : kBT+BT+1], so every token is a target once per
 epoch. Chunks are visited one shard at a time (seeded order of chunks within each shard: random enough to avoid
-the periodic loss of a fixed order, local enough for the page cache). Chunk j of the epoch belongs to rank
-j % world_size; each rank gets the same number, so ranks stay in lockstep under DDP. The position is two ints
-(epoch, batches taken this epoch), identical on all ranks: any rank's state_dict() resumes every rank.
+the periodic loss of a fixed order, local enough for the page cache). That sequence of chunks depends only on the
+data, the seed, B and T - never on the number of processes.
+
+An optimizer step takes the next world_size * grad_accum chunks of the sequence: on micro-step m, rank r reads
+chunk (chunks done) + m*world_size + r. So every (processes x accumulation) with the same product trains on the
+same chunks in the same steps; only which process computes which chunk differs. An epoch is a whole number of
+steps (the tail of the sequence that would not fill a step is skipped), so epoch boundaries do not depend on the
+number of processes either. The position is two ints shared by all ranks (epoch, chunks done this epoch by all
+ranks together): any rank's state_dict() resumes every rank, with any number of processes for the same step size.
 """
 
 from __future__ import annotations
@@ -21,57 +27,77 @@ from gpt2lab.data.manifest import read_manifest, split_tokens
 
 class TokenLoader:
     def __init__(self, data_dir, split: str = "train", batch_size: int = 8, seq_len: int = 1024, rank: int = 0,
-                 world_size: int = 1, seed: int = 1337, shuffle: bool = True):
-        if batch_size < 1 or seq_len < 1:
-            raise DataError(f"batch_size and seq_len must be positive (got {batch_size}, {seq_len})")
+                 world_size: int = 1, seed: int = 1337, shuffle: bool = True, grad_accum: int = 1):
+        if batch_size < 1 or seq_len < 1 or grad_accum < 1:
+            raise DataError(f"batch_size, seq_len and grad_accum must be positive "
+                            f"(got {batch_size}, {seq_len}, {grad_accum})")
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.data_dir, self.split = Path(data_dir), split
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
+        self.chunks_per_step = world_size * grad_accum  # the one number (with B, T) that fixes the epoch's length
         self.vocab_size: int = read_manifest(data_dir)["vocab_size"]
         self.shards = split_tokens(data_dir, split)  # memory-mapped once, never reopened per batch
         self.num_tokens = int(sum(len(s) for s in self.shards))
         chunk = batch_size * seq_len
-        num_chunks = max(self.num_tokens - 1, 0) // chunk  # the +1 is the last chunk's final target
-        self.batches_per_epoch = num_chunks // world_size
-        if self.batches_per_epoch == 0:
+        self.num_chunks = max(self.num_tokens - 1, 0) // chunk  # the +1 is the last chunk's final target
+        self.steps_per_epoch = self.num_chunks // self.chunks_per_step
+        self.chunks_per_epoch = self.steps_per_epoch * self.chunks_per_step
+        self.batches_per_epoch = self.steps_per_epoch * grad_accum  # next_batch() calls per rank and epoch
+        if self.steps_per_epoch == 0:
             raise DataError(
-                f"split {split!r} of {self.data_dir} has {self.num_tokens:,} tokens, too few for one batch of "
-                f"batch_size*seq_len+1 = {chunk + 1:,} tokens on each of {world_size} rank(s); lower the batch "
-                f"size or sequence length, or prepare more data")
+                f"split {split!r} of {self.data_dir} has {self.num_tokens:,} tokens, too few for one step of "
+                f"{self.chunks_per_step} batch(es) of batch_size*seq_len = {chunk:,} tokens ({world_size} rank(s) "
+                f"x {grad_accum} micro-step(s)) plus one; lower the batch size or sequence length, or prepare "
+                f"more data")
         self.reset()
 
     def reset(self, epoch: int = 0) -> None:
         """Back to the first batch of `epoch` (for validation: the same fixed batches every time)."""
-        self.epoch, self.position = epoch, 0
+        self.epoch, self.chunks_done = epoch, 0
         self._starts = self._epoch_chunk_starts(epoch)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.position >= self.batches_per_epoch:
+        if self.chunks_done >= self.chunks_per_epoch:
             self.reset(self.epoch + 1)
-        start = self._starts[self.position * self.world_size + self.rank]
-        self.position += 1
+        start = self._starts[self.chunks_done + self.rank]
+        self.chunks_done += self.world_size  # this micro-step took world_size chunks, one per rank
         span = self._read(int(start), self.batch_size * self.seq_len + 1).astype(np.int64)
         x = torch.from_numpy(span[:-1]).view(self.batch_size, self.seq_len)
         y = torch.from_numpy(span[1:]).view(self.batch_size, self.seq_len)
         return x, y
 
     def state_dict(self) -> dict:
-        """Plain ints only (JSON, TOML or a weights_only checkpoint all hold it)."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": int(self.shuffle),
-                "batch_size": self.batch_size, "seq_len": self.seq_len, "world_size": self.world_size,
-                "num_tokens": self.num_tokens}
+        """Plain ints only (JSON, TOML or a weights_only checkpoint all hold it); the same on every rank."""
+        return {"epoch": self.epoch, "chunks_done": self.chunks_done, "seed": self.seed,
+                "shuffle": int(self.shuffle), "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "chunks_per_step": self.chunks_per_step, "num_tokens": self.num_tokens}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where `state` was taken (any rank's state: all ranks share the position)."""
-        for key in ("seed", "shuffle", "batch_size", "seq_len", "world_size", "num_tokens"):
+        """Continue exactly where `state` was taken: any rank's state, saved with any number of processes.
+
+        The chunk sequence and the epoch length must be the same, so B, T, the seed, shuffling, the data and the
+        chunks per step (processes x accumulation) must match. A different B for the same total batch would cut
+        the data into other chunks: that is refused too.
+        """
+        if "chunks_done" not in state:
+            # Saved by an older gpt2lab, whose position counted batches per rank: resume at the same point of the
+            # epoch. Its epochs ended at a multiple of world_size chunks, not of a step, so near an epoch's end
+            # the stream can differ slightly from what it would have read.
+            state = {**state, "chunks_done": state["position"] * state["world_size"]}
+        for key in ("seed", "shuffle", "batch_size", "seq_len", "chunks_per_step", "num_tokens"):
             if key in state and state[key] != int(getattr(self, key)):
                 raise DataError(f"loader state was saved with {key}={state[key]!r} but this loader has "
-                                f"{getattr(self, key)!r}; resume with the same data and batch settings")
+                                f"{getattr(self, key)!r}; resume with the same data and batch settings (the "
+                                f"number of processes may change if processes x accumulation stays the same)")
+        chunks_done = int(state["chunks_done"])
+        if chunks_done % self.world_size:  # can only happen mid-step: a step boundary is a multiple of it
+            raise DataError(f"loader state was saved after {chunks_done} chunks of its epoch, not a multiple of "
+                            f"world_size {self.world_size}; resume it at an optimizer-step boundary")
         self.reset(int(state["epoch"]))
-        self.position = int(state["position"])
+        self.chunks_done = chunks_done
 
     # --- internals -------------------------------------------------------------------------------------------
 
@@ -81,7 +107,7 @@ class TokenLoader:
         return [int(i) for i in np.random.default_rng([self.seed, epoch, 0]).permutation(len(self.shards))]
 
     def _epoch_chunk_starts(self, epoch: int) -> np.ndarray:
-        """Start offsets (in the epoch's concatenated stream) of the chunks this epoch uses, in visiting order."""
+        """Start offsets (in the epoch's concatenated stream) of all its chunks, in visiting order."""
         order = self._epoch_order(epoch)
         self._layout = []  # (stream offset, shard) in this epoch's order
         offset = 0
@@ -89,8 +115,8 @@ class TokenLoader:
             self._layout.append((offset, self.shards[i]))
             offset += len(self.shards[i])
         self._offsets = np.array([o for o, _ in self._layout], dtype=np.int64)
-        chunk = self.batch_size * self.seq_len
-        starts = np.arange(self.batches_per_epoch * self.world_size, dtype=np.int64) * chunk
+        # Every chunk of the data, not just the ones this epoch uses: the order must not depend on the step size.
+        starts = np.arange(self.num_chunks, dtype=np.int64) * (self.batch_size * self.seq_len)
         if self.shuffle:
             # Shuffle chunks within each shard (a chunk belongs to the shard it starts in); shards keep their order.
             rng = np.random.default_rng([self.seed, epoch, 1])

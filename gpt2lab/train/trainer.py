@@ -4,7 +4,9 @@
            -> clip -> AdamW with the scheduled LR -> log -> (val loss, samples, HellaSwag, checkpoint)
 
 Everything that decides what the next step computes (weights, optimizer moments, loader position, RNG) is in the
-checkpoint, so `--resume` continues with bit-identical losses on CPU.
+checkpoint, so `--resume` continues with bit-identical losses on CPU. Each step trains on the same tokens whatever
+the number of processes (for the same total batch), so a run may also resume with more or fewer processes: the
+same token stream, losses equal up to float rounding.
 """
 
 import contextlib
@@ -231,7 +233,10 @@ class Trainer:
         from gpt2lab.data import TokenLoader
 
         d, ctx = self.config.data, self.ctx
-        train = TokenLoader(d.dir, "train", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, d.shuffle)
+        # The train loader knows the step size (processes x accumulation), so each step takes the same chunks
+        # whatever the split between processes and micro-steps.
+        train = TokenLoader(d.dir, "train", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, d.shuffle,
+                            grad_accum=self.grad_accum)
         val = TokenLoader(d.dir, "val", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, shuffle=False)
         return train, val
 
@@ -257,16 +262,29 @@ class Trainer:
 
     def _restore(self, checkpoint: Path) -> None:
         state = ckpt.load_training_state(checkpoint)
-        if state["world_size"] != self.ctx.world_size:
-            raise GPT2LabError(f"--resume: the run was trained with {state['world_size']} process(es), this launch "
-                               f"has {self.ctx.world_size}; resume with the same number of processes")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.train_loader.load_state_dict(state["loader"][self.ctx.rank])
-        ckpt.set_rng_state(state["rng"][self.ctx.rank], self.device)
         self.step = int(state["step"])
+        # The loader position counts chunks of the whole step, the same on every rank, so it resumes any number of
+        # processes: the total batch (hence chunks per step) is unchanged, _check_run_dir refused any change to it.
+        self.train_loader.load_state_dict(state["loader"][0])
+        self._restore_rng(state["rng"])
         self.log(f"resuming from {checkpoint} (step {self.step})")
+        saved_world = int(state["world_size"])
+        if saved_world != self.ctx.world_size:
+            self.log(f"process count changed: {saved_world} -> {self.ctx.world_size} ({self.grad_accum} micro-steps "
+                     f"per step now); the total batch is the same, so the token stream continues unchanged")
+
+    def _restore_rng(self, saved: list) -> None:
+        """Rank r continues saved rank r's RNG stream; a rank the saved run did not have (more processes now) is
+        seeded from runtime.seed, its rank and the step: deterministic, and not a replay of any rank's start.
+        (The training step draws no random numbers today, no dropout: this keeps any code that would reproducible.)"""
+        rank = self.ctx.rank
+        if rank < len(saved):
+            ckpt.set_rng_state(saved[rank], self.device)
+        else:
+            torch.manual_seed(self.config.runtime.seed + rank + 1_000_003 * self.step)
 
     def _load_hellaswag(self):
         e = self.config.eval
