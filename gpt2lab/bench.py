@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2lab.device import autocast, resolve_dtype
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
 
@@ -221,10 +222,8 @@ def bench_train(
     x, y = idx[:, :-1], idx[:, 1:]
 
     def step_fn(model, optimizer, dtype, loss_of):
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-
         def step():
-            with autocast:
+            with autocast(device, dtype):
                 loss = loss_of(model)
             loss.backward()
             optimizer.step()
@@ -234,7 +233,7 @@ def bench_train(
 
     fns = {}
     for name in dtypes:
-        dtype = getattr(torch, name)
+        dtype = resolve_dtype(name)
         ours = _copy_model(base, device).train()
         fns[("gpt2lab", name)] = step_fn(ours, make_optimizer(ours, OptimSection(), device), dtype, lambda m: m(x, y)[1])
         if compare:
@@ -250,7 +249,7 @@ def bench_train(
 
     n_params = base.num_parameters()
     fpt = flops_per_token(config, n_params, seq_len)
-    matmul_peak = {name: measure_matmul_peak(device, getattr(torch, name)) for name in dtypes}
+    matmul_peak = {name: measure_matmul_peak(device, resolve_dtype(name)) for name in dtypes}
     rows = []
     for (impl, name), ts in times.items():
         median = statistics.median(ts)
@@ -297,7 +296,7 @@ def bench_generate(
 
     torch.manual_seed(0)
     base = GPT(config).eval()
-    models = {d: _copy_model(base, "cpu").eval().to(device=device, dtype=getattr(torch, d)) for d in dtypes}
+    models = {d: _copy_model(base, "cpu").eval().to(device=device, dtype=resolve_dtype(d)) for d in dtypes}
     hf = hf_twin(base).to(device).eval() if compare else None
     rows = []
     for batch_size in batch_sizes:
@@ -326,11 +325,10 @@ def bench_generate(
                             peaks[(impl, d)]))
     # Batch-1 decoding reads every weight once per token: memory bandwidth bounds it.
     bandwidth = measure_read_bandwidth(device)
-    bytes_per_param = {"float32": 4, "bfloat16": 2, "float16": 2}
     n_params = base.num_parameters() - base.transformer.wpe.weight.numel()  # one wpe row is read per token
     for row in rows:
         if row.batch_size == 1 and row.impl == "gpt2lab":
-            bound = bandwidth / (n_params * bytes_per_param[row.dtype])
+            bound = bandwidth / (n_params * resolve_dtype(row.dtype).itemsize)
             row.extra["bandwidth_bound_tokens_per_s"] = bound
             row.extra["fraction_of_bound"] = row.tokens_per_s / bound
     return _report("generate", device, rows, {

@@ -138,15 +138,13 @@ def add_eval_command(commands) -> None:
 def run_eval(args) -> int:
     import json
 
-    import torch
-
     from gpt2lab import distributed
     from gpt2lab.checkpoint import load_model
     from gpt2lab.device import resolve_device, resolve_dtype
     from gpt2lab.eval import hellaswag, loss
 
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    autocast_dtype = None if dtype == torch.float32 else dtype
+    # float32 runs without autocast (gpt2lab.device.autocast)
+    device, autocast_dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     # Read the data before the (slower) model load, so a bad file or an offline download fails at once.
     if args.task == "hellaswag":
         examples = hellaswag.load_examples(args.data, limit=args.limit)
@@ -523,7 +521,7 @@ def add_bench_command(commands) -> None:
 def run_bench(args) -> None:
     from gpt2lab import bench
     from gpt2lab.atomic import writable_file
-    from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
+    from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device, resolve_dtype
 
     for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
         if getattr(args, flag) < 1:
@@ -537,8 +535,7 @@ def run_bench(args) -> None:
         keep_freed_memory()  # as `gpt2lab train` does; it is process-wide, so both sides get it
     dtypes = args.dtypes or native_dtypes(device)
     for name in dtypes:
-        if name not in ("float32", "bfloat16", "float16"):
-            raise GPT2LabError(f"unknown dtype {name!r} in --dtypes; choose from float32, bfloat16, float16")
+        resolve_dtype(name)  # an unknown name fails here, before any measuring
     config = bench.BENCH_CONFIGS[args.model]
     if args.mode == "train":
         if args.seq_len > config.block_size:

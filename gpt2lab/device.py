@@ -1,6 +1,13 @@
-"""Choosing where and in which precision to run: one place, shared by every command."""
+"""Choosing where and in which precision to run: one place, shared by every command.
+
+A precision is named two ways: the training config's short names (`runtime.precision`: auto, fp32, bf16, fp16)
+and the command line's dtype names (`--dtype`: float32, bfloat16, float16). `autocast_dtype` turns either into
+the dtype the forward pass autocasts to, and `autocast` is the one context that applies it.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -8,6 +15,7 @@ from gpt2lab.errors import GPT2LabError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SHORT_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the training config's spelling
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -46,6 +54,28 @@ def native_bf16(device: torch.device) -> bool:
 def native_dtypes(device: torch.device) -> list[str]:
     """The dtypes worth measuring on `device`: float32, and bfloat16 where it is native."""
     return ["float32", "bfloat16"] if native_bf16(device) else ["float32"]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype to autocast the forward pass to; None means plain float32 (weights stay float32 either way).
+
+    `precision` is auto, a short name (fp32, bf16, fp16) or a dtype name (float32, ...). `auto` takes bf16 where
+    the device computes it natively; otherwise fp16 on CUDA (old GPUs: still far faster than fp32) and fp32
+    elsewhere (emulated bf16 is slower than fp32).
+    """
+    if precision == "auto":
+        if native_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else None
+    dtype = resolve_dtype(SHORT_NAMES.get(precision, precision))
+    return None if dtype == torch.float32 else dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for a forward pass in `dtype` (None or float32: full precision, no autocast)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def keep_freed_memory() -> None:

@@ -1,8 +1,6 @@
-"""What both evaluations need from a model they did not build: the plain module, and a precision context."""
+"""What both evaluations need from a model they did not build: the plain module, its device, the logits they score."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -27,13 +25,6 @@ def plain_module(model: torch.nn.Module) -> torch.nn.Module:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision for the forward pass (None or float32: full precision). Losses are summed in float32."""
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def rank_and_world() -> tuple[int, int]:

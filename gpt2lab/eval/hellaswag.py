@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from gpt2lab import distributed
 from gpt2lab.atomic import atomic_path
+from gpt2lab.device import autocast
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.eval.common import autocast, logits_at, model_device, plain_module, rank_and_world
+from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
 from gpt2lab.tokenizer import cache_dir, get_tokenizer
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"

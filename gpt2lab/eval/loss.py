@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab import distributed
+from gpt2lab.device import autocast
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.eval.common import autocast, logits_at, model_device, plain_module, rank_and_world
+from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
 from gpt2lab.tokenizer import get_tokenizer
 
 

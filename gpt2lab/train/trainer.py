@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from gpt2lab import distributed
 from gpt2lab.atomic import OutputError, atomic_write_text, reporting_refusals
 from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
-from gpt2lab.device import keep_freed_memory, resolve_device
+from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
 from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
@@ -62,21 +62,6 @@ def grad_accum_steps(total_batch_tokens: int, batch_size: int, seq_len: int, wor
     return total_batch_tokens // per_micro_step
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None: plain fp32. `auto` takes bf16 where the hardware computes it natively, else fp32 (CPU) / fp16 (CUDA)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16  # AVX512-BF16 / AMX: faster than fp32; emulated bf16 elsewhere is slower
-    return None
-
-
 def train_step(model, batches, grad_accum: int, amp_dtype, scaler, device, ddp: bool) -> torch.Tensor:
     """Forward/backward over `grad_accum` micro-batches; returns the mean loss (detached). Gradients accumulate.
 
@@ -92,7 +77,7 @@ def train_step(model, batches, grad_accum: int, amp_dtype, scaler, device, ddp: 
         last = micro_step == grad_accum - 1
         sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
         with sync:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 _, loss = model(x, y)
             loss = loss / grad_accum
             loss_sum += loss.detach()
@@ -406,8 +391,7 @@ class Trainer:
         n = self.config.eval.val_batches
         for _ in range(n):
             x, y = self.val_loader.next_batch()
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with autocast(self.device, self.amp_dtype):
                 _, loss = model(x.to(self.device), y.to(self.device))
             total += loss.float()
         model.train()
