@@ -25,9 +25,8 @@ import torch
 from gpt2lab.device import autocast, resolve_dtype
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.perf import flops_per_token, peak_flops, sync
 
-# Published dense bf16 peaks (TFLOP/s) of GPUs people train GPT-2 on.
-PUBLISHED_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
 BENCH_CONFIGS = {
     "gpt2": GPTConfig.from_preset("gpt2"),
     "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=50257),
@@ -48,11 +47,6 @@ class Row:
 # --------------------------------------------------------------------------------------------- timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(fns: dict, device, iters: int = 1, warmup: int = 1, repeats: int = 3) -> tuple[dict, dict]:
     """Warm each fn up on its own (so each gets its own peak memory), then time `repeats` rounds of `iters`
     calls, alternating between fns so that load from elsewhere on the machine hits them alike.
@@ -67,10 +61,10 @@ def measure(fns: dict, device, iters: int = 1, warmup: int = 1, repeats: int = 3
     for _ in range(repeats):
         for name, fn in fns.items():
             for _ in range(iters):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(device)
+                sync(device)
                 times[name].append(time.perf_counter() - t0)
     return times, peaks
 
@@ -112,10 +106,10 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
     while True:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         if size >= n or time.perf_counter() - t0 > 0.05:
             break
         size *= 2
@@ -123,7 +117,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
     while time.perf_counter() - t0 < seconds:
         a @ b
         count += 1
-    _sync(device)
+    sync(device)
     return 2 * size**3 * count / (time.perf_counter() - t0)
 
 
@@ -131,20 +125,13 @@ def measure_read_bandwidth(device: torch.device, mb: int = 1024, seconds: float 
     """Bytes/s for streaming through a buffer larger than the caches: what batch-1 decoding is bound by."""
     x = torch.ones(mb * 2**20 // 4, device=device)
     x.sum()
-    _sync(device)
+    sync(device)
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         x.sum()
         count += 1
-    _sync(device)
+    sync(device)
     return x.numel() * 4 * count / (time.perf_counter() - t0)
-
-
-def published_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf * 1e12 for gpu, tf in PUBLISHED_PEAK_TFLOPS.items() if gpu in name), None)
 
 
 def environment(device: torch.device) -> dict:
@@ -190,11 +177,6 @@ def hf_twin(model: GPT):
 
 
 # --------------------------------------------------------------------------------------------- train
-
-
-def flops_per_token(config: GPTConfig, n_params: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights (forward + backward) + 6·L·C·T for causal attention."""
-    return 6 * n_params + 6 * config.n_layer * config.n_embd * seq_len
 
 
 def bench_train(
@@ -248,14 +230,14 @@ def bench_train(
     times, peaks = measure(fns, device, iters, warmup, repeats)
 
     n_params = base.num_parameters()
-    fpt = flops_per_token(config, n_params, seq_len)
+    fpt = flops_per_token(n_params, config.n_layer, config.n_embd, seq_len)
     matmul_peak = {name: measure_matmul_peak(device, resolve_dtype(name)) for name in dtypes}
     rows = []
     for (impl, name), ts in times.items():
         median = statistics.median(ts)
         achieved = batch_size * seq_len / median * fpt
         extra = {"achieved_gflops": achieved / 1e9, "fraction_of_matmul_peak": achieved / matmul_peak[name]}
-        if (pub := published_peak(device)) is not None:
+        if (pub := peak_flops(device)) is not None:
             extra["mfu_vs_published_bf16_peak"] = achieved / pub
         rows.append(Row(impl, name, batch_size, batch_size * seq_len / median, median * 1e3, peaks[(impl, name)], extra))
     return _report("train", device, rows, {

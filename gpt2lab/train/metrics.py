@@ -8,21 +8,7 @@ from pathlib import Path
 import torch
 
 from gpt2lab.atomic import atomic_write_text, reporting_refusals
-
-# Dense bf16 peak per GPU (no sparsity), for model FLOPs utilisation; unknown devices report no MFU.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) + 6LCT for attention scores."""
-    return 6 * n_params + 6 * n_layer * n_embd * seq_len
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+from gpt2lab.perf import sync
 
 
 class StepTimer:
@@ -30,16 +16,12 @@ class StepTimer:
         self.device, self.flops_per_token, self.peak, self.world_size = device, flops_per_token, peak, world_size
         self.rates: list[float] = []
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # CUDA runs asynchronously: time the work, not its launch
-
     def start(self) -> None:
-        self._sync()
+        sync(self.device)
         self.t0 = time.perf_counter()
 
     def stop(self, tokens: int) -> dict:
-        self._sync()
+        sync(self.device)
         dt = time.perf_counter() - self.t0
         rate = tokens / dt
         self.rates.append(rate)

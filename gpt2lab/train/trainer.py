@@ -27,9 +27,10 @@ from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_
 from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.perf import flops_per_token, peak_flops
 from gpt2lab.train import state as ckpt
 from gpt2lab.train.config import (TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml)
-from gpt2lab.train.metrics import MetricsLog, StepTimer, flops_per_token, peak_flops
+from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import lr_at, make_optimizer
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "samples.txt", CHECKPOINTS_DIR)
