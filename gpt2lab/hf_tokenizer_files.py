@@ -20,8 +20,9 @@ import shutil
 from pathlib import Path
 
 from gpt2lab.atomic import atomic_path, atomic_write_text
+from gpt2lab.cache import cache_dir
 from gpt2lab.errors import TokenizerError
-from gpt2lab.tokenizer import EOT, cache_dir, get_tokenizer
+from gpt2lab.tokenizer import EOT, get_tokenizer
 
 VOCAB, MERGES, CONFIG = "vocab.json", "merges.txt", "tokenizer_config.json"
 FILES = (VOCAB, MERGES, CONFIG)

