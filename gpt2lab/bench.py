@@ -325,7 +325,7 @@ def bench_generate(
 def bench_prepare(texts: list[str], repeats: int = 3, threads: int | None = None) -> dict:
     """`gpt2lab prepare`'s pipeline (tokenise + write shards) vs raw tiktoken, same texts, all cores."""
     from gpt2lab.data.prepare import PrepareConfig, prepare_documents
-    from gpt2lab.data.sources import Document
+    from gpt2lab.data.document import Document
     from gpt2lab.tokenizer import get_tokenizer
 
     threads = threads or os.cpu_count() or 1

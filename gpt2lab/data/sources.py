@@ -15,16 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from gpt2lab.data.document import Document
 from gpt2lab.data.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-
-
-@dataclass
-class Document:
-    text: str
-    name: str  # where it came from, for messages ("file.jsonl:12", a play's title, ...)
-    split: str | None = None  # a source's own train/val choice (Shakespeare's held-out plays), else None
 
 
 @dataclass
