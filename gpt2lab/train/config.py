@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2lab.errors import GPT2LabError
+from gpt2lab.model import GPTConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -29,6 +30,12 @@ class ModelSection:
     n_embd: int = 768
     block_size: int = 1024
     vocab_size: int = 50304  # 50257 padded to a multiple of 128: faster matmuls, the extra rows learn ~nothing
+
+    def gpt_config(self) -> GPTConfig:
+        """The architecture of a model trained from scratch: these fields but `init`, which says where weights
+        come from. The one place the section becomes a GPTConfig."""
+        return GPTConfig(block_size=self.block_size, vocab_size=self.vocab_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
 from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
 from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.model import GPT
 from gpt2lab.perf import flops_per_token, peak_flops
 from gpt2lab.train import state as ckpt
 from gpt2lab.train.config import (TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml)
@@ -232,9 +232,7 @@ class Trainer:
             model = load_model(checkpoint, device=self.device)
         elif cfg.model.init == "scratch":
             torch.manual_seed(cfg.runtime.seed)  # same initial weights on every rank (DDP also broadcasts them)
-            m = cfg.model
-            model = GPT(GPTConfig(block_size=m.block_size, vocab_size=m.vocab_size, n_layer=m.n_layer,
-                                  n_head=m.n_head, n_embd=m.n_embd)).to(self.device)
+            model = GPT(cfg.model.gpt_config()).to(self.device)
         else:
             model = load_model(cfg.model.init, device=self.device, dtype=torch.float32)  # fine-tuning
             if self.train_loader.vocab_size > model.config.vocab_size:
