@@ -218,12 +218,13 @@ class Trainer:
     def _make_loaders(self):
         from gpt2lab.data import TokenLoader
 
-        d, ctx = self.config.data, self.ctx
+        data, ctx = self.config.data, self.ctx
         # The train loader knows the step size (processes x accumulation), so each step takes the same chunks
         # whatever the split between processes and micro-steps.
-        train = TokenLoader(d.dir, "train", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, d.shuffle,
-                            grad_accum=self.grad_accum)
-        val = TokenLoader(d.dir, "val", d.batch_size, d.seq_len, ctx.rank, ctx.world_size, d.seed, shuffle=False)
+        train = TokenLoader(data.dir, "train", data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
+                            data.shuffle, grad_accum=self.grad_accum)
+        val = TokenLoader(data.dir, "val", data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
+                          shuffle=False)
         return train, val
 
     def _make_model(self, checkpoint) -> GPT:
@@ -271,12 +272,12 @@ class Trainer:
             torch.manual_seed(self.config.runtime.seed + rank + 1_000_003 * self.step)
 
     def _load_hellaswag(self):
-        e = self.config.eval
-        if not e.hellaswag_every:
+        eval_cfg = self.config.eval
+        if not eval_cfg.hellaswag_every:
             return None
         from gpt2lab.eval.hellaswag import load_examples, tokenize
 
-        return tokenize(load_examples(e.hellaswag_data or None, limit=e.hellaswag_limit or None))
+        return tokenize(load_examples(eval_cfg.hellaswag_data or None, limit=eval_cfg.hellaswag_limit or None))
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -293,9 +294,9 @@ class Trainer:
         self.setup()
         cfg, max_steps = self.config, self.config.schedule.max_steps
         n_params = self.raw_model.num_parameters()
-        c = self.raw_model.config
-        self.log(f"model: {n_params:,} parameters ({c.n_layer} layers, {c.n_embd} dims, {c.n_head} heads), "
-                 f"data {cfg.data.dir}: {self.train_loader.num_tokens:,} train tokens")
+        arch = self.raw_model.config
+        self.log(f"model: {n_params:,} parameters ({arch.n_layer} layers, {arch.n_embd} dims, {arch.n_head} "
+                 f"heads), data {cfg.data.dir}: {self.train_loader.num_tokens:,} train tokens")
         self.log(f"batch: {cfg.data.total_batch_tokens:,} tokens/step = {cfg.data.batch_size} x {cfg.data.seq_len} "
                  f"x {self.ctx.world_size} process(es) x {self.grad_accum} micro-steps; device {self.device}, "
                  f"precision {self.amp_dtype or torch.float32}".replace("torch.", ""))
@@ -303,7 +304,7 @@ class Trainer:
             self.log(f"run already complete at step {self.step}/{max_steps}; nothing to do")
             return TrainResult(self.step, math.nan, None, None)
 
-        timer = StepTimer(self.device, flops_per_token(n_params, c.n_layer, c.n_embd, cfg.data.seq_len),
+        timer = StepTimer(self.device, flops_per_token(n_params, arch.n_layer, arch.n_embd, cfg.data.seq_len),
                           peak_flops(self.device), self.ctx.world_size)
         batches = batch_iterator(self.train_loader)
         bar = self._progress_bar(max_steps)
@@ -355,16 +356,16 @@ class Trainer:
 
     def _periodic(self, max_steps: int):
         """Evaluation, samples and checkpoints due after the step just done; returns the val loss if computed."""
-        e, k, last = self.config.eval, self.step, self.step == max_steps
-        due = lambda every: (every > 0 and k % every == 0) or last  # noqa: E731
+        eval_cfg, step, last = self.config.eval, self.step, self.step == max_steps
+        due = lambda every: (every > 0 and step % every == 0) or last  # noqa: E731
         val_loss = None
-        if due(e.val_every) and e.val_batches > 0:
+        if due(eval_cfg.val_every) and eval_cfg.val_batches > 0:
             val_loss = self.validation_loss()
-            self.metrics.write({"step": k, "val_loss": val_loss})
-            self.log(f"step {k}: val loss {val_loss:.4f}")
-        if e.hellaswag_every and due(e.hellaswag_every):
+            self.metrics.write({"step": step, "val_loss": val_loss})
+            self.log(f"step {step}: val loss {val_loss:.4f}")
+        if eval_cfg.hellaswag_every and due(eval_cfg.hellaswag_every):
             self._hellaswag()
-        if e.sample_every and e.sample_count and due(e.sample_every) and self.ctx.is_main:
+        if eval_cfg.sample_every and eval_cfg.sample_count and due(eval_cfg.sample_every) and self.ctx.is_main:
             self._write_samples()
         if due(self.config.checkpoint.every) or last:
             self._save()
@@ -411,14 +412,14 @@ class Trainer:
         from gpt2lab.generate import generate
         from gpt2lab.tokenizer import get_tokenizer
 
-        e, tok = self.config.eval, get_tokenizer()
+        eval_cfg, tok = self.config.eval, get_tokenizer()
         model = self.raw_model
         model.eval()
-        prompt = tok.encode(e.sample_prompt) or [self.eot_token]
-        idx = torch.tensor([prompt] * e.sample_count, dtype=torch.long, device=self.device)
-        max_new = max(0, min(e.sample_tokens, model.config.block_size - idx.size(1)))
+        prompt = tok.encode(eval_cfg.sample_prompt) or [self.eot_token]
+        idx = torch.tensor([prompt] * eval_cfg.sample_count, dtype=torch.long, device=self.device)
+        max_new = max(0, min(eval_cfg.sample_tokens, model.config.block_size - idx.size(1)))
         # generate uses its own seeded generator: the training RNG stream (and so exact resume) is untouched
-        out = generate(model, idx, max_new, temperature=1.0, top_k=e.sample_top_k or None,
+        out = generate(model, idx, max_new, temperature=1.0, top_k=eval_cfg.sample_top_k or None,
                        seed=self.config.runtime.seed + self.step, vocab_size=min(tok.n_vocab, model.config.vocab_size))
         model.train()
         texts = [tok.decode([t for t in row.tolist() if t < tok.n_vocab]) for row in out]
