@@ -19,10 +19,8 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot (as in inspect.py): no global figure registry, no GUI backend to choose.
+    from matplotlib.figure import Figure
 
     out = Path(out)
     if out.suffix.lower() != ".png":
@@ -39,7 +37,8 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
     writable_file(out)  # a refused output fails before the drawing
 
     has_hellaswag = any(any("hellaswag_acc_norm" in r for r in records) for _, records in runs)
-    fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 8, 5), squeeze=False)
+    fig = Figure(figsize=(13 if has_hellaswag else 8, 5))
+    axes = fig.subplots(1, 2 if has_hellaswag else 1, squeeze=False)
     ax = axes[0][0]
     for i, (name, records) in enumerate(runs):
         color = f"C{i}"
@@ -71,5 +70,4 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
     return out
