@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab import distributed
+from gpt2lab.data.manifest import split_tokens
 from gpt2lab.device import autocast
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
@@ -203,8 +204,4 @@ def load_streams(path, split: str = "val", tokenizer=None) -> list:
 
 def shard_streams(data_dir: Path, split: str) -> list:
     """One uint16 memmap per shard of `split`, in manifest order (gpt2lab.data owns the format)."""
-    try:
-        from gpt2lab.data import split_tokens
-    except ImportError:  # pragma: no cover - only before the data loader is part of the package
-        raise GPT2LabError("evaluating prepared shards needs gpt2lab.data, which this installation lacks") from None
     return split_tokens(data_dir, split)
