@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2lab import memory
 from gpt2lab.device import autocast, resolve_dtype
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, GPTConfig
@@ -198,6 +199,8 @@ def bench_train(
     from gpt2lab.train.config import OptimSection
     from gpt2lab.train.optim import adamw_implementation, make_optimizer
 
+    needed = memory.forward_bytes(config, batch_size, seq_len, training=True, bytes_per_value=_widest(dtypes))
+    memory.check_fits(f"--batch-size {batch_size} with --seq-len {seq_len}", needed, device, "for one training step")
     torch.manual_seed(0)
     base = GPT(config)
     idx = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), device=device)
@@ -246,6 +249,11 @@ def bench_train(
     })
 
 
+def _widest(dtypes) -> int:
+    """Bytes per value of the widest dtype benchmarked: its run is the one that needs the most memory."""
+    return max(getattr(torch, name).itemsize for name in dtypes)
+
+
 def _copy_model(model: GPT, device) -> GPT:
     clone = GPT(model.config).to(device).train()
     clone.load_state_dict(model.state_dict())
@@ -276,6 +284,12 @@ def bench_generate(
             logits, _ = model(idx[:, -model.config.block_size :], last_logits_only=True)
             idx = torch.cat([idx, sample_next(logits[:, -1].float(), top_k=50, generator=generator)[:, None]], 1)
 
+    largest = max(batch_sizes)
+    cached = min(prompt_tokens + new_tokens, config.block_size)
+    needed = memory.forward_bytes(config, largest, prompt_tokens, scored=1, cached=cached,
+                                  bytes_per_value=_widest(dtypes))
+    memory.check_fits(f"--batch-sizes {largest} with --new-tokens {new_tokens}", needed, device,
+                      "to generate one batch")
     torch.manual_seed(0)
     base = GPT(config).eval()
     models = {d: _copy_model(base, "cpu").eval().to(device=device, dtype=resolve_dtype(d)) for d in dtypes}

@@ -92,51 +92,116 @@ def latest_checkpoint(run_dir) -> Path:
 
 
 def _download_from_hub(repo_id: str) -> Path:
-    """Fetch config and weights into the standard HF cache (reused if already there)."""
-    from huggingface_hub import hf_hub_download
+    """Config and weights of a hub repository in the standard HF cache: downloaded when the hub answers, else
+    taken from the cache as they are (no network at all under HF_HUB_OFFLINE=1).
+
+    huggingface_hub retries a file it cannot reach and does not have five times with backoff (~25 s, a warning
+    each time) before giving up. So one quick request first asks whether the hub answers at all; when it does
+    not, only the cache is looked at, and a miss is one line at once.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)  # before any request: "a b" is no URL to ask the hub about
+        online = not constants.HF_HUB_OFFLINE and _hub_answers(repo_id)
+        return _fetch_model_files(repo_id, local_only=not online)
+    except HFValidationError:
+        raise _not_a_repository(repo_id) from None
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            why, fix = "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE on a connected machine"
+        else:
+            why, fix = "the Hugging Face Hub is unreachable", "connect and retry"
+        raise ModelNotFoundError(
+            f"{repo_id!r} is not a local directory, not in the local HF cache, and {why}; {fix}, or pass a "
+            f"local directory holding config.json + {SAFETENSORS} (from save_pretrained, or "
+            f"`hf download {repo_id} --local-dir DIR` on a connected machine)"
+        ) from None
+
+
+def _hub_answers(repo_id: str) -> bool:
+    """Whether the hub answers one request for the repository's config.json (a HEAD, no retries).
+
+    Refuses, as a ModelNotFoundError, a repository the hub says does not exist, is gated, or has no config.json.
+    The timeout is huggingface_hub's own for this request (HF_HUB_ETAG_TIMEOUT, 10 s by default): a slow link
+    that still answers keeps working.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
+        HfHubHTTPError,
         RepositoryNotFoundError,
     )
 
-    def fetch(filename):
-        return Path(hf_hub_download(repo_id, filename))
-
     try:
-        config_path = fetch("config.json")
-        for weights in (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN):
-            try:
-                weights_path = fetch(weights)
-                break
-            except LocalEntryNotFoundError:
-                raise
-            except EntryNotFoundError:
-                continue
-        else:
-            raise ModelNotFoundError(f"hub repository {repo_id!r} has no {SAFETENSORS} or {PYTORCH_BIN}")
-        if weights_path.name == SAFETENSORS_INDEX:
-            index = json.loads(weights_path.read_text())
-            for shard in sorted(set(index["weight_map"].values())):
-                fetch(shard)
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"{repo_id!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
-            f"(no connection, and not in the local HF cache); connect and retry, or pass a local directory "
-            f"holding config.json + {SAFETENSORS}"
-        ) from None
-    except (RepositoryNotFoundError, HFValidationError):
-        raise ModelNotFoundError(
-            f"{repo_id!r} is neither a local directory nor a Hugging Face hub repository "
-            f"(for the released models use gpt2, gpt2-medium, gpt2-large or gpt2-xl)"
-        ) from None
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except GatedRepoError:
         raise ModelNotFoundError(
-            f"hub repository {repo_id!r} is gated: accept its terms on huggingface.co and run "
-            f"`hf auth login`"
+            f"hub repository {repo_id!r} is gated: accept its terms on huggingface.co and run `hf auth login`"
         ) from None
+    except RepositoryNotFoundError:
+        raise _not_a_repository(repo_id) from None
+    except EntryNotFoundError:
+        raise ModelNotFoundError(f"hub repository {repo_id!r} has no config.json; is it a GPT-2 model?") from None
+    except HfHubHTTPError as e:
+        if e.response is None or e.response.status_code >= 500:
+            return False  # the hub is down: as good as unreachable
+        raise ModelNotFoundError(f"the Hugging Face Hub refused {repo_id!r}: {_first_line(e)}") from None
+    except _network_errors():
+        return False
+    return True
+
+
+def _network_errors() -> tuple:
+    """What huggingface_hub's HTTP client raises when no server answers: requests' errors (huggingface_hub < 1.0)
+    are OSErrors, httpx's and httpx2's (later versions) derive from their TransportError."""
+    import sys
+
+    errors = [OSError]
+    for name in ("httpx2", "httpx"):
+        if name in sys.modules:  # whichever huggingface_hub imported; never import one just to name it
+            errors.append(sys.modules[name].TransportError)
+    return tuple(errors)
+
+
+def _not_a_repository(repo_id: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{repo_id!r} is neither a local directory nor a Hugging Face hub repository "
+        f"(for the released models use gpt2, gpt2-medium, gpt2-large or gpt2-xl)"
+    )
+
+
+def _fetch_model_files(repo_id: str, local_only: bool) -> Path:
+    """hf_hub_download config.json and the weights (the first of safetensors, its index, pytorch_model.bin that
+    exists), plus the shards of an index; with local_only, from the cache without any network request."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    def fetch(filename):
+        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
+
+    config_path = fetch("config.json")
+    for weights in (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN):
+        try:
+            weights_path = fetch(weights)
+            break
+        except LocalEntryNotFoundError:
+            if not local_only:
+                raise  # online, the hub stopped answering mid-way
+            # offline: this format is not cached, another one may be
+        except EntryNotFoundError:
+            pass  # online: the repository has no such file
+    else:
+        if local_only:
+            raise LocalEntryNotFoundError(f"no weights of {repo_id} in the cache")
+        raise ModelNotFoundError(f"hub repository {repo_id!r} has no {SAFETENSORS} or {PYTORCH_BIN}")
+    if weights_path.name == SAFETENSORS_INDEX:
+        index = json.loads(weights_path.read_text())
+        for shard in sorted(set(index["weight_map"].values())):
+            fetch(shard)
     if config_path.parent != weights_path.parent:  # cannot happen in the HF cache layout, but be explicit
         raise ModelNotFoundError(f"hub files of {repo_id!r} landed in different directories")
     return config_path.parent

@@ -218,11 +218,14 @@ def add_sample_command(commands) -> None:
         "sample",
         help="continue a prompt with text sampled from a model (KV cache, streaming, seeded)",
         description="Sample continuations of a prompt. One sample streams to the terminal as it is generated; "
-        "several are generated together and printed one after another. Generation stops at <|endoftext|>. "
+        "several are generated --batch-size at a time, each batch printed as soon as it is done, so memory does not "
+        "grow with --num-samples. Generation stops at <|endoftext|>. "
         "The prompt comes from --prompt, --prompt-file, or standard input when it is piped "
         f"(`echo Hi | gpt2lab sample gpt2`); with none of these it is {DEFAULT_PROMPT!r}. An empty prompt "
         "samples unconditionally (from <|endoftext|>); one longer than the model's context is cropped from the "
-        "left, with a warning. The same --seed and --num-samples give the same text on the same device.",
+        "left, with a warning. Sample i depends only on --seed and i, not on --num-samples or --batch-size (barring "
+        "a rare near-tie that float rounding, which differs between batch shapes, tips): the same seed gives the "
+        "same samples on the same device.",
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--prompt", help=f"text to continue (default {DEFAULT_PROMPT!r}; '' = unconditional)")
@@ -231,6 +234,8 @@ def add_sample_command(commands) -> None:
         help="read the prompt from FILE, UTF-8 ('-' = standard input); one trailing newline is dropped",
     )
     p.add_argument("--num-samples", type=int, default=5, metavar="N", help="samples to generate (default 5)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="samples generated together: more is faster per sample, and takes more memory (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=30, metavar="N", help="tokens per sample (default 30)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softmax temperature; 0 = greedy (default 1.0)")
@@ -261,40 +266,47 @@ def run_sample(args) -> None:
 
     import torch
 
-    from gpt2lab.checkpoint import load_model
+    from gpt2lab import memory
+    from gpt2lab.checkpoint import config_from_hf, load_model, read_hf_config, resolve_model_dir
     from gpt2lab.device import resolve_device, resolve_dtype
-    from gpt2lab.generate import check_sampling_settings, generate, generate_stream
+    from gpt2lab.generate import check_sampling_settings, generate, generate_stream, sample_seed
     from gpt2lab.tokenizer import get_tokenizer
 
     # Everything that can be checked without the model first: a typo should not cost a model load.
     check_sampling_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    if args.num_samples <= 0:
-        raise GPT2LabError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    for flag in ("num_samples", "batch_size"):
+        if getattr(args, flag) <= 0:
+            raise GPT2LabError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     prompt = read_prompt(args.prompt, args.prompt_file)
     tokenizer = get_tokenizer()
 
-    model = load_model(args.model, device=device, dtype=dtype)
-    if model.config.vocab_size < tokenizer.n_vocab:
+    directory = resolve_model_dir(args.model)
+    config = config_from_hf(read_hf_config(directory))  # config.json alone: what the checks need, before the weights
+    if config.vocab_size < tokenizer.n_vocab:
         raise GPT2LabError(
-            f"{args.model} has a vocabulary of {model.config.vocab_size} tokens, fewer than GPT-2's "
+            f"{args.model} has a vocabulary of {config.vocab_size} tokens, fewer than GPT-2's "
             f"{tokenizer.n_vocab}; `sample` needs a model trained on the GPT-2 tokenizer"
         )
     tokens = tokenizer.encode(prompt) or [tokenizer.eot_token]  # empty prompt: unconditional
-    block_size = model.config.block_size
-    if len(tokens) > block_size:
+    if len(tokens) > config.block_size:
         print(
-            f"warning: the prompt is {len(tokens)} tokens, longer than the model's context of {block_size}; "
-            f"using its last {block_size} tokens",
+            f"warning: the prompt is {len(tokens)} tokens, longer than the model's context of {config.block_size}; "
+            f"using its last {config.block_size} tokens",
             file=sys.stderr,
         )
-        tokens = tokens[-block_size:]
+        tokens = tokens[-config.block_size :]
+    batch_size = min(args.batch_size, args.num_samples)
+    cached = min(len(tokens) + args.max_new_tokens, config.block_size)
+    needed = memory.forward_bytes(config, batch_size, len(tokens), scored=1, cached=cached,
+                                  bytes_per_value=dtype.itemsize)
+    memory.check_fits(f"--batch-size {args.batch_size}", needed, device, step="to sample one batch")
+    model = load_model(directory, device=device, dtype=dtype)
     prompt_text = tokenizer.decode(tokens) if prompt else ""
 
-    idx = torch.tensor([tokens] * args.num_samples, dtype=torch.long, device=device)
     settings = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, stop_token=tokenizer.eot_token, vocab_size=tokenizer.n_vocab,
+        stop_token=tokenizer.eot_token, vocab_size=tokenizer.n_vocab,
     )
     out = sys.stdout
     if hasattr(out, "reconfigure"):  # a terminal that cannot show a character gets '?', not a crash
@@ -303,14 +315,23 @@ def run_sample(args) -> None:
     if args.num_samples == 1:
         out.write(prompt_text)
         out.flush()
-        count = print_stream((step[0].item() for step in generate_stream(model, idx, **settings)), tokenizer, out)
+        idx = torch.tensor([tokens], dtype=torch.long, device=device)
+        steps = generate_stream(model, idx, seed=args.seed, **settings)
+        count = print_stream((step[0].item() for step in steps), tokenizer, out)
     else:
         count = 0
-        for i, row in enumerate(generate(model, idx, **settings)[:, len(tokens) :].tolist()):
-            row = row[: row.index(tokenizer.eot_token)] if tokenizer.eot_token in row else row
-            count += len(row)
-            out.write(f"{'-' * 20} sample {i + 1} of {args.num_samples} {'-' * 20}\n")
-            out.write(prompt_text + tokenizer.decode(row) + "\n")
+        for first in range(0, args.num_samples, batch_size):
+            numbers = range(first, min(first + batch_size, args.num_samples))
+            idx = torch.tensor([tokens] * len(numbers), dtype=torch.long, device=device)
+            # each sample its own seed: sample i is the same whichever batch it lands in
+            seeds = [sample_seed(args.seed, i) for i in numbers]
+            rows = generate(model, idx, seed=seeds, **settings)[:, len(tokens) :].tolist()
+            for i, row in zip(numbers, rows):
+                row = row[: row.index(tokenizer.eot_token)] if tokenizer.eot_token in row else row
+                count += len(row)
+                out.write(f"{'-' * 20} sample {i + 1} of {args.num_samples} {'-' * 20}\n")
+                out.write(prompt_text + tokenizer.decode(row) + "\n")
+            out.flush()  # this batch is done: show it now rather than after the last one
     out.flush()
     seconds = time.perf_counter() - start
     print(f"[{count} new tokens in {seconds:.1f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
@@ -519,7 +540,7 @@ def add_bench_command(commands) -> None:
 
 
 def run_bench(args) -> None:
-    from gpt2lab import bench
+    from gpt2lab import bench, memory
     from gpt2lab.atomic import writable_file
     from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device, resolve_dtype
 
@@ -549,7 +570,11 @@ def run_bench(args) -> None:
     else:
         from gpt2lab.data.shakespeare import shakespeare_documents
 
-        texts = [doc.text for doc in shakespeare_documents()] * args.text_repeat
+        texts = [doc.text for doc in shakespeare_documents()]
+        # the copies below share their strings, but each copy is tokenised into token lists of its own
+        needed = memory.token_list_bytes(sum(map(len, texts)) * args.text_repeat)
+        memory.check_fits(f"--text-repeat {args.text_repeat}", needed, "cpu", "for raw tiktoken's token lists")
+        texts = texts * args.text_repeat
         report = bench.bench_prepare(texts, repeats=args.repeats)
     print(bench.format_table(report))
     if args.json:

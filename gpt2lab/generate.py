@@ -10,11 +10,15 @@ gives, only faster until the context is full.
 Next-token rules, applied in this order: temperature (0 = greedy, always the most likely token), top-k (keep the
 k most likely), top-p (keep the smallest set of most likely tokens whose probability reaches p). Random draws
 come from a private `torch.Generator`: a seed gives the same tokens on the same device every run, and the
-global RNG is neither read nor advanced.
+global RNG is neither read nor advanced. A list of seeds, one per sequence, gives each sequence its own
+generator, so that what a sequence draws does not depend on which others share its batch (`gpt2lab sample`
+uses this: sample i is the same whatever --num-samples and --batch-size, up to float rounding, which differs
+between batch shapes and can tip a rare near-tie).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -94,9 +98,9 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row of `logits` (B, vocab) -> (B,)."""
+    """Pick one token per row of `logits` (B, vocab) -> (B,); `generator` may be a list, one per row."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -108,7 +112,10 @@ def sample_next(
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1.0:
         probs = keep_top_p(probs, top_p)
-    choice = torch.multinomial(probs, num_samples=1, generator=generator)
+    if isinstance(generator, list):  # each row draws from its own generator, whatever the other rows are
+        choice = torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)])
+    else:
+        choice = torch.multinomial(probs, num_samples=1, generator=generator)
     return (choice if candidates is None else candidates.gather(-1, choice)).squeeze(-1)
 
 
@@ -132,14 +139,15 @@ def generate_stream(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    seed: int | None = None,
+    seed: int | list[int] | None = None,
     stop_token: int | None = None,
     vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of each sequence, (B,) on idx's device, as soon as it is chosen.
 
     idx (B, T): prompt token ids (T >= 1; for unconditional sampling start from <|endoftext|>, 50256).
-    seed: seeds this call's own generator (None: a fresh random one). The global RNG is untouched.
+    seed: seeds this call's own generator (None: a fresh random one). The global RNG is untouched. A list of B
+        seeds gives each sequence its own generator: sequence b then draws the same tokens in any batch.
     stop_token: a sequence that produced it is finished; later steps yield stop_token for it again (padding),
         and the stream ends once every sequence is finished.
     vocab_size: sample only ids below it (default: all of the model's). A model trained with its vocabulary
@@ -147,11 +155,10 @@ def generate_stream(
     """
     vocab_size = check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
     idx = idx.long()
-    generator = torch.Generator(device=idx.device)
-    if seed is None:
-        generator.seed()  # fresh entropy from the OS, not from the global RNG
+    if isinstance(seed, list):
+        generator = [_generator(s, idx.device) for s in seed]
     else:
-        generator.manual_seed(seed)
+        generator = _generator(seed, idx.device)
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
 
     with torch.no_grad():
@@ -173,6 +180,15 @@ def generate_stream(
             decoder.append(tokens)
 
 
+def _generator(seed: int | None, device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # fresh entropy from the OS, not from the global RNG
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def generate(
     model,
     idx: torch.Tensor,
@@ -180,7 +196,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    seed: int | None = None,
+    seed: int | list[int] | None = None,
     stop_token: int | None = None,
     vocab_size: int | None = None,
 ) -> torch.Tensor:
@@ -191,6 +207,18 @@ def generate(
         generate_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
     )
     return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """The seed of sample i (from 0) of a run seeded with `seed`, for `gpt2lab sample`.
+
+    Sample 0 uses the seed itself, so a single sample is what it always was. The others use a hash of (seed, i),
+    not seed + i: with seed + i, runs with seeds 42 and 43 would share all but one of their samples.
+    """
+    if i == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size) -> int:
@@ -209,6 +237,8 @@ def check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, s
             f"idx has shape {tuple(idx.shape)}: give at least one token per sequence "
             f"(for unconditional sampling start from <|endoftext|>, id 50256)"
         )
+    if isinstance(seed, list) and len(seed) != idx.size(0):
+        raise SamplingError(f"seed is a list of {len(seed)} seeds for {idx.size(0)} sequences; give one per sequence")
     low, high = int(idx.min()), int(idx.max())
     if low < 0 or high >= model_vocab:
         raise SamplingError(f"idx holds token id {low if low < 0 else high}, outside the model's 0..{model_vocab - 1}")
@@ -225,7 +255,10 @@ def check_sampling_settings(max_new_tokens, temperature=1.0, top_k=None, top_p=N
         raise SamplingError(f"top_k must be a positive integer (or None for no top-k), got {top_k!r}")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise SamplingError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
+    if isinstance(seed, list):
+        if not all(_is_int(s) and 0 <= s < 2**64 for s in seed):
+            raise SamplingError(f"a list of seeds must hold integers in 0..2**64-1, one per sequence, got {seed!r}")
+    elif seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
         raise SamplingError(f"seed must be an integer in 0..2**64-1 or None, got {seed!r}")
 
 

@@ -1,6 +1,7 @@
 """`gpt2lab sample` end to end: output, prompts from flags, files and stdin, streaming text, bad input."""
 
 import io
+import re
 import sys
 
 import pytest
@@ -47,6 +48,62 @@ def test_same_seed_same_text_other_seed_other_text_empty_prompt_unconditional(ti
     assert "sample 1 of 2" in out_a and "<|endoftext|>" not in out_a
     assert run_main(capsys, *base, "--seed", "1")[1] == out_a
     assert run_main(capsys, *base, "--seed", "2")[1] != out_a
+
+
+def samples(out):
+    """The texts of the samples in `gpt2lab sample` output, in order."""
+    return re.split(r"-{20} sample \d+ of \d+ -{20}\n", out)[1:]
+
+
+def test_many_samples_come_in_bounded_batches_each_printed_when_done(tiny_model_dir, monkeypatch):
+    import gpt2lab.generate
+
+    class Pipe(io.StringIO):
+        """Standard output into a pipe: what a reader sees is what was flushed."""
+        flushed = ""
+
+        def flush(self):
+            self.flushed = self.getvalue()
+
+    shown_before_each_batch, rows = [], []
+    real_generate = gpt2lab.generate.generate
+
+    def spy(model, idx, *args, **kwargs):
+        shown_before_each_batch.append(len(samples(sys.stdout.flushed)))
+        rows.append(idx.size(0))
+        return real_generate(model, idx, *args, **kwargs)
+
+    monkeypatch.setattr(gpt2lab.generate, "generate", spy)
+    monkeypatch.setattr(sys, "stdout", Pipe())
+    code = main(["sample", str(tiny_model_dir), "--num-samples", "20", "--batch-size", "8", "--max-new-tokens", "3"])
+    assert code == 0 and len(samples(sys.stdout.getvalue())) == 20
+    assert rows == [8, 8, 4]  # memory bounded by --batch-size, not --num-samples
+    assert shown_before_each_batch == [0, 8, 16]  # each batch was out before the next one started
+
+
+def test_sample_i_is_the_same_whatever_the_batching_and_the_number_of_samples(tiny_model_dir, capsys):
+    base = (tiny_model_dir, "--prompt", "Once", "--max-new-tokens", "6", "--seed", "3")
+    code, out, _ = run_main(capsys, *base, "--num-samples", "20", "--batch-size", "8")
+    twenty = samples(out)
+    assert code == 0 and len(twenty) == 20 and len(set(twenty)) == 20  # 20 different samples
+    assert samples(run_main(capsys, *base, "--num-samples", "20", "--batch-size", "20")[1]) == twenty  # one batch
+    assert samples(run_main(capsys, *base, "--num-samples", "20", "--batch-size", "3")[1]) == twenty
+    assert samples(run_main(capsys, *base, "--num-samples", "5")[1]) == twenty[:5]
+    assert run_main(capsys, *base, "--num-samples", "1")[1] == twenty[0]  # a single sample streams: no header
+
+
+def test_a_batch_too_large_for_memory_is_refused_in_one_line(tiny_model_dir, capsys, monkeypatch):
+    from gpt2lab import memory
+
+    # Memory "available" patched small, so that the test neither depends on this machine's RAM nor, should the
+    # check break, allocates what a real refusal protects from. The tiny model has GPT-2's 50,257-token
+    # vocabulary: 64 rows need ~19 MB of logits, the default 8 rows ~2.4 MB.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2**20)
+    code, out, err = run_main(capsys, tiny_model_dir, "--num-samples", "64", "--batch-size", "64")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert re.match(r"gpt2lab sample: error: --batch-size 64 would need ~\d+ MiB to sample one batch, more than "
+                    r"the 10 MiB available; lower it$", err)
+    assert run_main(capsys, tiny_model_dir, "--num-samples", "64", "--max-new-tokens", "2")[0] == 0  # 8 at a time
 
 
 def test_prompt_longer_than_context_is_cropped_with_a_warning(tiny_model_dir, capsys):
@@ -105,6 +162,7 @@ BAD_INPUT = [
     (["--top-p", "1.5"], "top_p"),
     (["--temperature", "-1"], "temperature"),
     (["--num-samples", "0"], "num-samples"),
+    (["--batch-size", "0"], "batch-size"),
     (["--device", "tpu"], "unknown device"),
     (["--device", "cuda"], "not available"),
     (["--dtype", "float64"], "unknown dtype"),

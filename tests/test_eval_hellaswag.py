@@ -275,3 +275,18 @@ def test_offline_without_data_says_how_to_get_the_file(tmp_path):
     proc = run_cli("eval", "gpt2", "--task", "hellaswag", env=offline)
     _assert_one_line_error(proc, "cannot download HellaSwag", hellaswag.VAL_URL, "--data")
     assert not (tmp_path / "cache" / "hellaswag_val.jsonl").exists()
+
+
+def test_a_batch_too_large_for_memory_is_refused_in_one_line(tiny_model_dir, hellaswag_file, monkeypatch, capsys):
+    from gpt2lab import memory
+
+    # The tiny model has GPT-2's 50,257-token vocabulary: an example's 4 endings of up to ~10 tokens need up to
+    # ~12 MB of logits. 40 MiB "available": one example per batch fits, all 24 at once do not.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 40 * 2**20)
+    args = ["eval", str(tiny_model_dir), "--data", str(hellaswag_file), "--device", "cpu"]
+    assert cli.main([*args, "--batch-size", "1"]) == 0
+    capsys.readouterr()
+    code = cli.main([*args, "--batch-size", "24"])
+    _assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err),
+                           "--batch-size 24 would need ~", "more than the 40 MiB available; lower it")
+    assert code == 2

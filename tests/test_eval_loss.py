@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -200,3 +201,21 @@ def test_ranks_share_the_windows_without_overlap(monkeypatch):
         parts.append(loss.evaluate_loss(stub, tokens, stride=5, batch_size=2))
     assert sum(p.tokens for p in parts) == full.tokens == 149 and min(p.tokens for p in parts) > 0
     assert sum(p.loss * p.tokens for p in parts) / full.tokens == pytest.approx(full.loss, rel=1e-6)
+
+
+def test_a_batch_too_large_for_memory_is_refused_in_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from gpt2lab import memory
+
+    # Windows of 64 tokens (the tiny model's context) over GPT-2's 50,257-token vocabulary: ~19 MB of logits each.
+    # 50 MiB "available": 2 windows per batch fit, 8 do not.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 50 * 2**20)
+    path = tmp_path / "long.txt"
+    path.write_text(TEXT * 10)  # ~1,000 tokens: more than 8 windows
+    args = ["eval", str(tiny_model_dir), "--task", "loss", "--data", str(path), "--device", "cpu"]
+    assert cli.main([*args, "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main([*args, "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.match(r"gpt2lab eval: error: --batch-size 8 would need ~\d+ MiB for one forward pass", err)
+    assert err.rstrip().endswith("more than the 50 MiB available; lower it")

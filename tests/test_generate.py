@@ -5,7 +5,8 @@ import torch
 
 from gpt2lab import GPT
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.generate import IncrementalDecoder, SamplingError, generate, generate_stream, keep_top_p, sample_next
+from gpt2lab.generate import (IncrementalDecoder, SamplingError, generate, generate_stream, keep_top_p, sample_next,
+                              sample_seed)
 from tests.conftest import ODD, hf_gpt2, tiny_gpt
 
 BLOCK = ODD["block_size"]  # 37: small, so the tests cross the context boundary
@@ -90,6 +91,25 @@ def test_same_seed_same_tokens_different_seed_different_and_global_rng_untouched
     assert not torch.equal(a[0], a[1])  # rows of a batch draw independently
     torch.manual_seed(999)  # the global seed has no influence
     assert torch.equal(model.generate(idx, 25, seed=7), a)
+
+
+def test_a_list_of_seeds_gives_each_row_the_tokens_it_draws_alone():
+    model = tiny_gpt(seed=1)
+    idx = torch.randint(0, ODD["vocab_size"], (3, 5), generator=torch.Generator().manual_seed(0))
+    seeds = [7, 8, 9]
+    together = model.generate(idx, 12, top_k=20, seed=seeds)
+    for row, seed in enumerate(seeds):
+        assert torch.equal(together[row : row + 1], model.generate(idx[row : row + 1], 12, top_k=20, seed=[seed]))
+    assert torch.equal(model.generate(idx[:1], 12, top_k=20, seed=[7]), model.generate(idx[:1], 12, top_k=20, seed=7))
+    shared = model.generate(idx, 12, top_k=20, seed=7)  # one generator for the whole batch: other draws
+    assert not torch.equal(shared[1:], together[1:])
+
+
+def test_sample_seeds_of_nearby_run_seeds_do_not_overlap():
+    assert sample_seed(42, 0) == 42  # a single sample is what it was before samples had seeds of their own
+    run_42, run_43 = ({sample_seed(seed, i) for i in range(1000)} for seed in (42, 43))
+    assert len(run_42) == 1000 and not run_42 & run_43
+    assert all(0 <= s < 2**64 for s in run_42)
 
 
 def test_stream_yields_the_same_tokens_as_generate_one_step_at_a_time():
@@ -187,6 +207,8 @@ def test_bfloat16_model_generates_with_a_bfloat16_cache():
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),
         (dict(seed=1.5), "seed"),
+        (dict(seed=[1, 2]), "one per sequence"),
+        (dict(seed=[-1]), "one per sequence"),
         (dict(stop_token=5000), "stop_token"),
         (dict(vocab_size=2000), "vocab_size"),
         (dict(idx=torch.zeros(1, 0, dtype=torch.long)), "at least one token"),

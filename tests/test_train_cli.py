@@ -136,6 +136,19 @@ def test_bad_inputs_in_process(tmp_path, capsys):
     assert max(losses(diverging)) == 1  # the NaN step was not logged as if it were a result
 
 
+def test_a_micro_batch_too_large_for_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    from gpt2lab import memory
+
+    # The tiny config's 50,304-token vocabulary x 16 positions: 4 sequences need ~26 MB of logits, 64 ~410 MB.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
+    data = write_dataset(tmp_path / "data")
+    refused = run_main(capsys, "train", "--out", tmp_path / "r",
+                       *cli_flags(data, data__batch_size=64, data__total_batch_tokens=1024))
+    one_line_error(refused, "data.batch_size 64 (x data.seq_len 16) would need ~", "100 MiB available; lower it")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+    assert run_main(capsys, "train", "--out", tmp_path / "ok", *cli_flags(data, schedule__max_steps=1)).returncode == 0
+
+
 def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
     data = write_dataset(tmp_path / "data")
     run = tmp_path / "run"

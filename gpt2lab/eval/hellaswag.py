@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gpt2lab import distributed
+from gpt2lab import distributed, memory
 from gpt2lab.atomic import atomic_path
 from gpt2lab.cache import cache_dir
 from gpt2lab.device import autocast
@@ -231,12 +231,26 @@ def score(model, examples, batch_size: int = 8, device=None, autocast_dtype=None
     examples = tokenize(examples, tokenizer)
     # Longest first, so that similar lengths share a batch (little padding) and memory peaks at once.
     order = sorted(range(len(examples)), key=lambda i: -_longest_row(examples[i]))
+    _check_memory(model, [examples[i] for i in order[:batch_size]], batch_size, device, autocast_dtype)
     sums = torch.zeros(len(examples), NUM_ENDINGS)
     means = torch.zeros(len(examples), NUM_ENDINGS)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         sums[chunk], means[chunk] = ending_losses(model, [examples[i] for i in chunk], device, autocast_dtype)
     return sums, means
+
+
+def _check_memory(model, first_batch, batch_size, device, autocast_dtype) -> None:
+    """Refuse a --batch-size whose first (and largest) batch would not fit in memory, before computing any."""
+    if not first_batch:
+        return
+    model = plain_module(model)
+    config = model.config
+    width = min(max(_longest_row(ex) for ex in first_batch), config.block_size + 1) - 1
+    scored = min(width, max(len(e) for ex in first_batch for e in ex.endings))
+    needed = memory.forward_bytes(config, len(first_batch) * NUM_ENDINGS, width, scored=scored,
+                                  bytes_per_value=(autocast_dtype or torch.float32).itemsize)
+    memory.check_fits(f"--batch-size {batch_size}", needed, device if device is not None else model_device(model))
 
 
 def _longest_row(example: TokenizedExample) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt2lab import distributed
+from gpt2lab import distributed, memory
 from gpt2lab.data.manifest import split_tokens
 from gpt2lab.device import autocast
 from gpt2lab.errors import GPT2LabError
@@ -103,6 +103,9 @@ def evaluate_loss(
     rank, world_size = rank_and_world()
     loss_sum, count = 0.0, 0
     mine = jobs[rank::world_size]
+    needed = memory.forward_bytes(model.config, min(batch_size, len(mine)), seq_len, scored=stride,
+                                  bytes_per_value=(autocast_dtype or torch.float32).itemsize)
+    memory.check_fits(f"--batch-size {batch_size}", needed, device)  # before the first (and largest) batch
     for i in range(0, len(mine), batch_size):
         batch_sum, batch_count = _window_losses(model, mine[i : i + batch_size], device, autocast_dtype)
         loss_sum += batch_sum

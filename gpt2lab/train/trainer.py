@@ -11,6 +11,7 @@ same token stream, losses equal up to float rounding.
 
 import contextlib
 import math
+import os
 import shutil
 import signal
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gpt2lab import distributed
+from gpt2lab import distributed, memory
 from gpt2lab.atomic import OutputError, atomic_write_text, reporting_refusals
 from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
 from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
@@ -132,6 +133,7 @@ class Trainer:
         self.train_loader, self.val_loader = self._make_loaders()
         self.raw_model = self._make_model(checkpoint)
         self.amp_dtype = autocast_dtype(cfg.runtime.precision, self.device)
+        self._check_memory()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
         self.step = 0
@@ -244,6 +246,19 @@ class Trainer:
                                f"({model.config.block_size}); lower data.seq_len or raise model.block_size")
         torch.manual_seed(cfg.runtime.seed + self.ctx.rank)
         return model.train()
+
+    def _check_memory(self) -> None:
+        """On a CPU, refuse a micro-batch that cannot fit in memory before the first step tries (and the OOM
+        killer ends it, or something else). A GPU reports its own out-of-memory error, so it is not checked."""
+        if self.device.type != "cpu":
+            return
+        d = self.config.data
+        per_process = memory.forward_bytes(self.raw_model.config, d.batch_size, d.seq_len, training=True,
+                                           bytes_per_value=(self.amp_dtype or torch.float32).itemsize)
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: each process on this machine has one
+        shape = f"x data.seq_len {d.seq_len}" + (f", x {processes} processes here" if processes > 1 else "")
+        memory.check_fits(f"data.batch_size {d.batch_size} ({shape})", per_process * processes, self.device,
+                          "for one training micro-step")
 
     def _restore(self, checkpoint: Path) -> None:
         state = ckpt.load_training_state(checkpoint)
