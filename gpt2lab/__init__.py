@@ -1,6 +1,6 @@
 """gpt2lab: GPT-2 from scratch. Load OpenAI's checkpoints, look inside, sample, and train your own."""
 
-from gpt2lab.checkpoint import load_model
+from gpt2lab.hf_format import load_model
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.tokenizer import get_tokenizer
 

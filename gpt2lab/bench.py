@@ -166,7 +166,7 @@ def _transformers():
 
 def hf_twin(model: GPT):
     """A transformers GPT2LMHeadModel holding exactly `model`'s weights."""
-    from gpt2lab.checkpoint import config_to_hf, state_dict_to_hf
+    from gpt2lab.hf_format import config_to_hf, state_dict_to_hf
 
     transformers = _transformers()
     hf_config = transformers.GPT2Config(**config_to_hf(model.config))

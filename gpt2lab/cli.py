@@ -139,7 +139,7 @@ def run_eval(args) -> int:
     import json
 
     from gpt2lab import distributed
-    from gpt2lab.checkpoint import load_model
+    from gpt2lab.hf_format import load_model
     from gpt2lab.device import resolve_device, resolve_dtype
     from gpt2lab.eval import hellaswag, loss
 
@@ -195,8 +195,8 @@ def add_inspect_command(commands) -> None:
 
 def run_inspect(args) -> None:
     from gpt2lab.atomic import writable_directory
-    from gpt2lab.checkpoint import load_model
-    from gpt2lab.inspect import format_report, write_plots
+    from gpt2lab.hf_format import load_model
+    from gpt2lab.weights_report import format_report, write_plots
 
     if args.plots:  # an unusable --plots fails now, not after the model load and the report
         writable_directory(args.plots)
@@ -267,7 +267,7 @@ def run_sample(args) -> None:
     import torch
 
     from gpt2lab import memory
-    from gpt2lab.checkpoint import config_from_hf, load_model, read_hf_config, resolve_model_dir
+    from gpt2lab.hf_format import config_from_hf, load_model, read_hf_config, resolve_model_dir
     from gpt2lab.device import resolve_device, resolve_dtype
     from gpt2lab.generate import check_sampling_settings, generate, generate_stream, sample_seed
     from gpt2lab.tokenizer import get_tokenizer

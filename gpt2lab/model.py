@@ -282,16 +282,16 @@ class GPT(nn.Module):
 
         return generate_stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
 
-    # Files and hubs live in checkpoint.py; these two are here so the familiar API reads naturally.
+    # Files and hubs live in hf_format.py; these two are here so the familiar API reads naturally.
     @classmethod
     def from_pretrained(cls, source: str, device=None, dtype=None) -> GPT:
         """Load `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, any HF hub id, or a local directory."""
-        from gpt2lab.checkpoint import load_model
+        from gpt2lab.hf_format import load_model
 
         return load_model(source, device=device, dtype=dtype)
 
     def save_pretrained(self, directory) -> None:
         """Write `config.json` + `model.safetensors` in Hugging Face GPT-2 format, with GPT-2's tokenizer files."""
-        from gpt2lab.checkpoint import save_model
+        from gpt2lab.hf_format import save_model
 
         save_model(self, directory)

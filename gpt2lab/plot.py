@@ -19,7 +19,7 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
-    # A Figure of its own, not pyplot (as in inspect.py): no global figure registry, no GUI backend to choose.
+    # A Figure of its own, not pyplot (as in weights_report.py): no global figure registry, no GUI backend to choose.
     from matplotlib.figure import Figure
 
     out = Path(out)

@@ -8,7 +8,7 @@ import pytest
 from gpt2lab import get_tokenizer, load_model
 from gpt2lab import hf_tokenizer_files as hf_files
 from gpt2lab.errors import TokenizerError
-from gpt2lab.train.state import save_checkpoint
+from gpt2lab.train.checkpointing import save_checkpoint
 from tests.conftest import tiny_gpt
 
 MODEL_FILES = ["config.json", "model.safetensors"]

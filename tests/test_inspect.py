@@ -7,7 +7,7 @@ import torch
 
 from gpt2lab import GPT, GPTConfig
 from gpt2lab.cli import main
-from gpt2lab.inspect import InspectError, default_channels, format_report, parameter_totals, write_plots
+from gpt2lab.weights_report import InspectError, default_channels, format_report, parameter_totals, write_plots
 from tests.conftest import tiny_gpt
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ import torch
 
 from conftest import run_cli
 from gpt2lab.atomic import OutputError, atomic_directory, atomic_path, output_error
-from gpt2lab.checkpoint import load_model
+from gpt2lab.hf_format import load_model
 from gpt2lab.errors import GPT2LabError
 from train_utils import cli_flags, tiny_config, write_dataset
 
@@ -123,7 +123,7 @@ def test_opaque_writer_failures_are_recognised(tmp_path, monkeypatch):
 
 def test_fault_injected_checkpoint_failure_names_the_last_good_one(tmp_path, monkeypatch):
     """The same mid-run path as the tmpfs test, without a mount: torch.save fails the way it does on a full disk."""
-    from gpt2lab.train import state
+    from gpt2lab.train import checkpointing
     from gpt2lab.train.trainer import train
 
     data = write_dataset(tmp_path / "data")
@@ -137,7 +137,7 @@ def test_fault_injected_checkpoint_failure_names_the_last_good_one(tmp_path, mon
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(state.torch, "save", failing_save)
+    monkeypatch.setattr(checkpointing.torch, "save", failing_save)
     monkeypatch.setattr("gpt2lab.atomic._nearly_full", lambda path: len(calls) >= 2)
     run = tmp_path / "run"
     config = tiny_config(data, schedule__max_steps=6, checkpoint__every=2, checkpoint__keep=3)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from conftest import REPO, run_cli
-from gpt2lab.checkpoint import latest_checkpoint, load_model
+from gpt2lab.hf_format import latest_checkpoint, load_model
 from train_utils import cli_flags, losses, write_dataset
 
 # 4 micro-steps per step over the full 50k vocabulary: slow enough (tens of ms per step) to kill mid-run.
@@ -54,13 +54,13 @@ def test_sigkilled_run_resumes_bit_identically(tmp_path):
 
 KILL_WHILE_SAVING = """
 import os, signal, sys, torch
-import gpt2lab.train.state as state
+import gpt2lab.train.checkpointing as checkpointing
 real_save = torch.save
 def save_then_die(obj, path, *a, **k):
     real_save(obj, path, *a, **k)
     if "step_00000008" in str(path):  # model and state written, directory not yet renamed
         os.kill(os.getpid(), signal.SIGKILL)
-state.torch.save = save_then_die
+checkpointing.torch.save = save_then_die
 from gpt2lab.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -23,13 +23,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2lab import distributed, memory
 from gpt2lab.atomic import OutputError, atomic_write_text, reporting_refusals
-from gpt2lab.checkpoint import CHECKPOINTS_DIR, load_model
+from gpt2lab.hf_format import CHECKPOINTS_DIR, load_model
 from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
 from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT
 from gpt2lab.perf import flops_per_token, peak_flops
-from gpt2lab.train import state as ckpt
+from gpt2lab.train import checkpointing
 from gpt2lab.train.config import (TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml)
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import lr_at, make_optimizer
@@ -181,7 +181,7 @@ class Trainer:
             raise GPT2LabError(f"run directory {run} is a file; choose another --out")
         holds_run = run.is_dir() and any((run / name).exists() for name in RUN_FILES)
         if self.resume:
-            found = ckpt.complete_checkpoints(run)
+            found = checkpointing.complete_checkpoints(run)
             if not found:
                 raise GPT2LabError(f"--resume: {run} has no complete checkpoint to resume from; "
                                    f"start the run without --resume")
@@ -202,7 +202,7 @@ class Trainer:
             for name in RUN_FILES:  # only our own files: a user's notes in the directory survive
                 path = run / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        ckpt.remove_stale_temporaries(run)
+        checkpointing.remove_stale_temporaries(run)
         atomic_write_text(run / "config.toml", to_toml(self.config))
         if checkpoint is not None:  # forget what a killed run logged after its last checkpoint
             MetricsLog.truncate(run / "metrics.jsonl", after_step=self.step)
@@ -261,7 +261,7 @@ class Trainer:
                           "for one training micro-step")
 
     def _restore(self, checkpoint: Path) -> None:
-        state = ckpt.load_training_state(checkpoint)
+        state = checkpointing.load_training_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -282,7 +282,7 @@ class Trainer:
         (The training step draws no random numbers today, no dropout: this keeps any code that would reproducible.)"""
         rank = self.ctx.rank
         if rank < len(saved):
-            ckpt.set_rng_state(saved[rank], self.device)
+            checkpointing.set_rng_state(saved[rank], self.device)
         else:
             torch.manual_seed(self.config.runtime.seed + rank + 1_000_003 * self.step)
 
@@ -366,7 +366,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self.log(f"done: step {self.step}, loss {loss:.4f}, val loss {val_loss:.4f}; "
-                 f"model in {ckpt.checkpoint_dir(self.run_dir, self.step)}")
+                 f"model in {checkpointing.checkpoint_dir(self.run_dir, self.step)}")
         return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s())
 
     def _periodic(self, max_steps: int):
@@ -392,7 +392,7 @@ class Trainer:
                                 f"and resume or restart")
 
     def _last_good_checkpoint(self) -> str:
-        found = ckpt.complete_checkpoints(self.run_dir)
+        found = checkpointing.complete_checkpoints(self.run_dir)
         return f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
 
     # --- evaluation, samples, checkpoints ---------------------------------------------------------------
@@ -446,7 +446,7 @@ class Trainer:
 
     def _save(self) -> None:
         """Gather every rank's loader position and RNG, then rank 0 writes the checkpoint."""
-        local = {"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state(self.device)}
+        local = {"loader": self.train_loader.state_dict(), "rng": checkpointing.rng_state(self.device)}
         if self.ctx.enabled:
             gathered = [None] * self.ctx.world_size
             torch.distributed.all_gather_object(gathered, local)
@@ -461,7 +461,7 @@ class Trainer:
                 "world_size": self.ctx.world_size,
                 "config": self.config.to_dict(),
             }
-            ckpt.save_checkpoint(self.run_dir, self.step, self.raw_model, state, self.config.checkpoint.keep)
+            checkpointing.save_checkpoint(self.run_dir, self.step, self.raw_model, state, self.config.checkpoint.keep)
         distributed.barrier()
 
     # --- console, signals ---------------------------------------------------------------------------------

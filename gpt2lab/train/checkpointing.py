@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gpt2lab.atomic import TMP_PREFIX, atomic_directory
-from gpt2lab.checkpoint import CHECKPOINTS_DIR, save_model
+from gpt2lab.hf_format import CHECKPOINTS_DIR, save_model
 from gpt2lab.errors import CheckpointError
 
 STATE_FILE = "training_state.pt"
