@@ -25,7 +25,8 @@ import torch
 from gpt2lab import memory
 from gpt2lab.device import autocast, resolve_dtype
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.gpt_config import GPTConfig
+from gpt2lab.model import GPT
 from gpt2lab.perf import flops_per_token, peak_flops, sync
 
 BENCH_CONFIGS = {

@@ -139,9 +139,9 @@ def run_eval(args) -> int:
     import json
 
     from gpt2lab import distributed
-    from gpt2lab.hf_format import load_model
     from gpt2lab.device import resolve_device, resolve_dtype
     from gpt2lab.eval import hellaswag, loss
+    from gpt2lab.model import load_model
 
     # float32 runs without autocast (gpt2lab.device.autocast)
     device, autocast_dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -195,7 +195,7 @@ def add_inspect_command(commands) -> None:
 
 def run_inspect(args) -> None:
     from gpt2lab.atomic import writable_directory
-    from gpt2lab.hf_format import load_model
+    from gpt2lab.model import load_model
     from gpt2lab.weights_report import format_report, write_plots
 
     if args.plots:  # an unusable --plots fails now, not after the model load and the report
@@ -267,9 +267,11 @@ def run_sample(args) -> None:
     import torch
 
     from gpt2lab import memory
-    from gpt2lab.hf_format import config_from_hf, load_model, read_hf_config, resolve_model_dir
     from gpt2lab.device import resolve_device, resolve_dtype
     from gpt2lab.generate import check_sampling_settings, generate, generate_stream, sample_seed
+    from gpt2lab.hf_format import read_config
+    from gpt2lab.model import load_model
+    from gpt2lab.model_source import resolve_model_dir
     from gpt2lab.tokenizer import get_tokenizer
 
     # Everything that can be checked without the model first: a typo should not cost a model load.
@@ -282,7 +284,7 @@ def run_sample(args) -> None:
     tokenizer = get_tokenizer()
 
     directory = resolve_model_dir(args.model)
-    config = config_from_hf(read_hf_config(directory))  # config.json alone: what the checks need, before the weights
+    config = read_config(directory)  # config.json alone: what the checks need, before the weights
     if config.vocab_size < tokenizer.n_vocab:
         raise GPT2LabError(
             f"{args.model} has a vocabulary of {config.vocab_size} tokens, fewer than GPT-2's "

@@ -23,3 +23,9 @@ class UnsupportedConfigError(GPT2LabError, ValueError):
 
 class TokenizerError(GPT2LabError, RuntimeError):
     """The GPT-2 BPE ranks could not be found anywhere."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line error messages."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

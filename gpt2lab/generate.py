@@ -14,6 +14,9 @@ global RNG is neither read nor advanced. A list of seeds, one per sequence, give
 generator, so that what a sequence draws does not depend on which others share its batch (`gpt2lab sample`
 uses this: sample i is the same whatever --num-samples and --batch-size, up to float rounding, which differs
 between batch shapes and can tip a rare near-tie).
+
+The model is used through its interface (config, forward with a cache, hidden_states, lm_head, new_kv_cache);
+this module does not import model.py, which imports it for `GPT.generate`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import KVCache
 
 
 class SamplingError(GPT2LabError, ValueError):
@@ -44,15 +46,12 @@ class IncrementalDecoder:
     """
 
     def __init__(self, model, idx: torch.Tensor, max_new_tokens: int):
-        config = model.config
         self.model = model
-        self.block_size = config.block_size
+        self.block_size = model.config.block_size
         # The tokens the model sees: the last block_size. Kept so the cache can be rebuilt once it slides.
         self.window = idx[:, -self.block_size :]
-        dtype = next(model.parameters()).dtype
         # Only prompt + new tokens positions are ever used: allocate no more (5 samples x 1024 x 12 layers adds up)
-        length = self.window.size(1) + max_new_tokens
-        self.cache = KVCache(config, idx.size(0), device=idx.device, dtype=dtype, length=length)
+        self.cache = model.new_kv_cache(idx.size(0), length=self.window.size(1) + max_new_tokens)
         self.unembedding = unembedding_for_decoding(model)
         self.logits = self._forward(self.window)
 
@@ -153,7 +152,8 @@ def generate_stream(
     vocab_size: sample only ids below it (default: all of the model's). A model trained with its vocabulary
         padded to 50304 has 47 ids that no tokenizer knows; pass the tokenizer's n_vocab to exclude them.
     """
-    vocab_size = check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
+    vocab_size = check_generate_args(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     seed=seed, stop_token=stop_token, vocab_size=vocab_size)
     idx = idx.long()
     if isinstance(seed, list):
         generator = [_generator(s, idx.device) for s in seed]
@@ -189,23 +189,12 @@ def _generator(seed: int | None, device) -> torch.Generator:
     return generator
 
 
-def generate(
-    model,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | list[int] | None = None,
-    stop_token: int | None = None,
-    vocab_size: int | None = None,
-) -> torch.Tensor:
+def generate(model, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
     """idx (B, T) -> (B, T + n): the prompts followed by n <= max_new_tokens new tokens (fewer only when every
     sequence produced stop_token; a sequence that stopped earlier is padded with stop_token).
-    Arguments as in `generate_stream`."""
-    steps = list(
-        generate_stream(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
-    )
+    options: the sampling settings of `generate_stream` (temperature, top_k, top_p, seed, stop_token, vocab_size),
+    by keyword: they are listed once, there."""
+    steps = list(generate_stream(model, idx, max_new_tokens, **options))
     return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)
 
 
@@ -221,7 +210,7 @@ def sample_seed(seed: int, i: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-def check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size) -> int:
+def check_generate_args(model, idx, max_new_tokens, *, temperature, top_k, top_p, seed, stop_token, vocab_size) -> int:
     """Refuse unusable settings with a message naming the fix; returns the effective vocab_size."""
     check_sampling_settings(max_new_tokens, temperature, top_k, top_p, seed)
     model_vocab = model.config.vocab_size

@@ -1,217 +1,45 @@
-"""Model files: the one resolver `MODEL -> GPT` used by every command, and Hugging Face-format load/save.
+"""The Hugging Face GPT-2 file format: config.json <-> GPTConfig, the weight files, and HF names <-> ours.
 
-A MODEL is one of
-  - a released GPT-2 name (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or any Hugging Face hub id,
-    downloaded with huggingface_hub into the standard HF cache (so a model a user already has is reused);
-  - a local Hugging Face directory: `config.json` + `model.safetensors` (or a sharded safetensors index, or
-    `pytorch_model.bin`, read with `torch.load(weights_only=True)`: never unpickle arbitrary objects);
-  - a gpt2lab run directory: its newest complete checkpoint (`RUN/checkpoints/step_XXXXXXXX/`).
-
-On disk our checkpoints *are* HF GPT-2 checkpoints, so transformers (and anything that reads GPT-2) loads them;
-they carry GPT-2's tokenizer files too (`hf_tokenizer_files`), which loading here ignores.
-The model keeps HF's names and HF's (in, out) weight layout (see `model.Conv1D`), so loading is a plain copy
+A model directory holds `config.json` + `model.safetensors` (or a sharded safetensors index, or
+`pytorch_model.bin`, read with `torch.load(weights_only=True)`: never unpickle arbitrary objects). On disk our
+checkpoints *are* HF GPT-2 checkpoints, so transformers (and anything that reads GPT-2) loads them; they carry
+GPT-2's tokenizer files too (`hf_tokenizer_files`), which reading here ignores.
+The model keeps HF's names and HF's (in, out) weight layout (see `model.Conv1D`), so reading is a plain copy
 checked key by key and shape by shape; the only liberties are HF's optional `transformer.` prefix, the old
 causal-mask buffers, and `lm_head.weight`, which is tied to `transformer.wte.weight`.
+
+This module describes models without building one (the shapes to check come from the caller,
+`GPT.from_pretrained`), so it does not import model.py, which imports it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import warnings
 from pathlib import Path
 
 import torch
 
 from gpt2lab.atomic import atomic_path, atomic_write_text
-from gpt2lab.errors import CheckpointError, ModelNotFoundError, TokenizerError, UnsupportedConfigError
+from gpt2lab.errors import CheckpointError, TokenizerError, UnsupportedConfigError, first_line
+from gpt2lab.gpt_config import GPTConfig
 from gpt2lab.hf_tokenizer_files import GPT2_VOCAB_SIZE, write_tokenizer_files
-from gpt2lab.model import GPT, GPTConfig
 
-IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older HF checkpoints
-HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+CONFIG_JSON = "config.json"  # written last: a directory that has it is a complete model
 SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
-
-
-# --------------------------------------------------------------------------------------------- resolving
-
-
-def load_model(source, device=None, dtype=None) -> GPT:
-    """Resolve MODEL (see module docstring) and return a `GPT` in eval mode."""
-    directory = resolve_model_dir(source)
-    config = config_from_hf(read_hf_config(directory))
-    state_dict = state_dict_from_hf(read_weights(directory), config, where=directory)
-    with torch.device("meta"):  # no memory or time spent on a random init that is overwritten anyway
-        model = GPT(config, init_weights=False)
-    model.load_state_dict(state_dict, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor; re-tie
-    model.to(device=device, dtype=dtype)
-    return model.eval()
-
-
-def resolve_model_dir(source) -> Path:
-    """Turn a MODEL string into a local directory holding `config.json` and weights."""
-    path = Path(os.path.expanduser(str(source)))
-    if path.is_dir():
-        if (path / CHECKPOINTS_DIR).is_dir() and not (path / "config.json").exists():
-            return latest_checkpoint(path)
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(
-                f"{path} has no config.json: expected a Hugging Face GPT-2 directory "
-                f"(config.json + {SAFETENSORS}) or a gpt2lab run directory (with {CHECKPOINTS_DIR}/)"
-            )
-        return path
-    if path.exists():
-        raise ModelNotFoundError(f"{path} is a file; pass the directory that holds config.json and the weights")
-    if _looks_like_path(str(source)):
-        raise ModelNotFoundError(f"no such directory: {path}")
-    return _download_from_hub(HUB_ALIASES.get(str(source), str(source)))
-
-
-def _looks_like_path(source: str) -> bool:
-    # A hub id is "name" or "owner/name"; anything else with a slash, or starting like a path, is a path.
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-
-
-def latest_checkpoint(run_dir) -> Path:
-    """The newest complete checkpoint of a run (temporary `.tmp-*` directories are never complete)."""
-    run_dir = Path(run_dir)
-    candidates = []
-    for child in (run_dir / CHECKPOINTS_DIR).iterdir():
-        match = CHECKPOINT_NAME.match(child.name)
-        if match and (child / "config.json").exists():
-            candidates.append((int(match.group(1)), child))
-    if not candidates:
-        raise ModelNotFoundError(
-            f"run directory {run_dir} has no complete checkpoint yet in {run_dir / CHECKPOINTS_DIR}"
-        )
-    return max(candidates)[1]
-
-
-def _download_from_hub(repo_id: str) -> Path:
-    """Config and weights of a hub repository in the standard HF cache: downloaded when the hub answers, else
-    taken from the cache as they are (no network at all under HF_HUB_OFFLINE=1).
-
-    huggingface_hub retries a file it cannot reach and does not have five times with backoff (~25 s, a warning
-    each time) before giving up. So one quick request first asks whether the hub answers at all; when it does
-    not, only the cache is looked at, and a miss is one line at once.
-    """
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)  # before any request: "a b" is no URL to ask the hub about
-        online = not constants.HF_HUB_OFFLINE and _hub_answers(repo_id)
-        return _fetch_model_files(repo_id, local_only=not online)
-    except HFValidationError:
-        raise _not_a_repository(repo_id) from None
-    except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
-            why, fix = "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE on a connected machine"
-        else:
-            why, fix = "the Hugging Face Hub is unreachable", "connect and retry"
-        raise ModelNotFoundError(
-            f"{repo_id!r} is not a local directory, not in the local HF cache, and {why}; {fix}, or pass a "
-            f"local directory holding config.json + {SAFETENSORS} (from save_pretrained, or "
-            f"`hf download {repo_id} --local-dir DIR` on a connected machine)"
-        ) from None
-
-
-def _hub_answers(repo_id: str) -> bool:
-    """Whether the hub answers one request for the repository's config.json (a HEAD, no retries).
-
-    Refuses, as a ModelNotFoundError, a repository the hub says does not exist, is gated, or has no config.json.
-    The timeout is huggingface_hub's own for this request (HF_HUB_ETAG_TIMEOUT, 10 s by default): a slow link
-    that still answers keeps working.
-    """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
-    except GatedRepoError:
-        raise ModelNotFoundError(
-            f"hub repository {repo_id!r} is gated: accept its terms on huggingface.co and run `hf auth login`"
-        ) from None
-    except RepositoryNotFoundError:
-        raise _not_a_repository(repo_id) from None
-    except EntryNotFoundError:
-        raise ModelNotFoundError(f"hub repository {repo_id!r} has no config.json; is it a GPT-2 model?") from None
-    except HfHubHTTPError as e:
-        if e.response is None or e.response.status_code >= 500:
-            return False  # the hub is down: as good as unreachable
-        raise ModelNotFoundError(f"the Hugging Face Hub refused {repo_id!r}: {_first_line(e)}") from None
-    except _network_errors():
-        return False
-    return True
-
-
-def _network_errors() -> tuple:
-    """What huggingface_hub's HTTP client raises when no server answers: requests' errors (huggingface_hub < 1.0)
-    are OSErrors, httpx's and httpx2's (later versions) derive from their TransportError."""
-    import sys
-
-    errors = [OSError]
-    for name in ("httpx2", "httpx"):
-        if name in sys.modules:  # whichever huggingface_hub imported; never import one just to name it
-            errors.append(sys.modules[name].TransportError)
-    return tuple(errors)
-
-
-def _not_a_repository(repo_id: str) -> ModelNotFoundError:
-    return ModelNotFoundError(
-        f"{repo_id!r} is neither a local directory nor a Hugging Face hub repository "
-        f"(for the released models use gpt2, gpt2-medium, gpt2-large or gpt2-xl)"
-    )
-
-
-def _fetch_model_files(repo_id: str, local_only: bool) -> Path:
-    """hf_hub_download config.json and the weights (the first of safetensors, its index, pytorch_model.bin that
-    exists), plus the shards of an index; with local_only, from the cache without any network request."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    def fetch(filename):
-        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
-
-    config_path = fetch("config.json")
-    for weights in (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN):
-        try:
-            weights_path = fetch(weights)
-            break
-        except LocalEntryNotFoundError:
-            if not local_only:
-                raise  # online, the hub stopped answering mid-way
-            # offline: this format is not cached, another one may be
-        except EntryNotFoundError:
-            pass  # online: the repository has no such file
-    else:
-        if local_only:
-            raise LocalEntryNotFoundError(f"no weights of {repo_id} in the cache")
-        raise ModelNotFoundError(f"hub repository {repo_id!r} has no {SAFETENSORS} or {PYTORCH_BIN}")
-    if weights_path.name == SAFETENSORS_INDEX:
-        index = json.loads(weights_path.read_text())
-        for shard in sorted(set(index["weight_map"].values())):
-            fetch(shard)
-    if config_path.parent != weights_path.parent:  # cannot happen in the HF cache layout, but be explicit
-        raise ModelNotFoundError(f"hub files of {repo_id!r} landed in different directories")
-    return config_path.parent
+IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older HF checkpoints
 
 
 # --------------------------------------------------------------------------------------------- config
 
 
+def read_config(directory) -> GPTConfig:
+    """The GPTConfig of an HF GPT-2 directory, from its config.json alone (no weights are read)."""
+    return config_from_hf(read_hf_config(directory))
+
+
 def read_hf_config(directory: Path) -> dict:
-    path = Path(directory) / "config.json"
+    path = Path(directory) / CONFIG_JSON
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -306,7 +134,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         try:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses pickled code; a truncated zip fails too
-            raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+            raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
         if not isinstance(tensors, dict):
             raise CheckpointError(f"{path} does not hold a state dict")
         return tensors
@@ -323,17 +151,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except Exception as e:  # SafetensorError for a truncated or corrupt header/body
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}; the file is truncated or corrupt") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}; the file is truncated or corrupt") from None
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def read_state_dict(directory, expected_shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """The weights of an HF GPT-2 directory under our names, checked against `expected_shapes` (name -> shape,
+    in model order: what the model built from its config.json holds)."""
+    return state_dict_from_hf(read_weights(directory), expected_shapes, where=directory)
 
 
-def state_dict_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, where="checkpoint") -> dict:
-    """Map HF GPT-2 tensors onto our parameter names, checking every key and shape."""
-    expected = _expected_shapes(config)
+def state_dict_from_hf(hf: dict[str, torch.Tensor], expected: dict[str, tuple], where="checkpoint") -> dict:
+    """Map HF GPT-2 tensors onto our parameter names, checking every key and shape against `expected`."""
     ours = {}
     unexpected = []
     for key, tensor in hf.items():
@@ -368,17 +196,12 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], config: GPTConfig, where="ch
     return ours
 
 
-def _expected_shapes(config: GPTConfig) -> dict[str, tuple]:
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in GPT(config, init_weights=False).state_dict().items()}
-
-
 def _some(keys: list[str], n: int = 5) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
+def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
     """Our parameters under HF names, lm_head left out (tied to wte)."""
     hf = {}
     for name, tensor in model.state_dict().items():
@@ -388,11 +211,11 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
     return hf
 
 
-def save_model(model: GPT, directory) -> Path:
+def save_model(model, directory) -> Path:
     """Write `model.safetensors`, the tokenizer files and `config.json` (HF GPT-2 format), each atomically.
 
-    config.json goes last: it is what marks a directory as a model (`resolve_model_dir`, `latest_checkpoint`),
-    so a save interrupted into a fresh directory never looks complete.
+    config.json goes last: it is what marks a directory as a model (`resolve_model_dir`, a run's checkpoint
+    listing), so a save interrupted into a fresh directory never looks complete.
     """
     from safetensors.torch import save_file
 
@@ -407,7 +230,7 @@ def save_model(model: GPT, directory) -> Path:
     _save_tokenizer_files(model.config, directory)
     config = config_to_hf(model.config)
     config["dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / CONFIG_JSON, json.dumps(config, indent=2) + "\n")
     return directory
 
 

@@ -1,8 +1,11 @@
-"""GPT-2, written from scratch, in one file.
+"""GPT-2, written from scratch, in one file: the network, its KV cache, and the familiar entry points.
 
 Module and parameter names and weight layouts follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn.weight`,
 projections stored (in, out) as in its `Conv1D`), so a released checkpoint maps onto this model key for key, as a
-plain copy. Nothing here knows about files, hubs, devices or training.
+plain copy. The network knows nothing about files, hubs, devices or training. `GPT.from_pretrained`,
+`save_pretrained`, `generate` and `generate_stream` are the API users know; they hand over to the modules that
+own those jobs (`model_source`: what a MODEL names; `hf_format`: the files; `generate`: sampling), none of
+which imports this one: dependencies point one way.
 
 References:
 1) OpenAI's TensorFlow GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
@@ -11,56 +14,19 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2lab import generate as sampling
 from gpt2lab.errors import GPT2LabError
+from gpt2lab.gpt_config import GPTConfig
+from gpt2lab.hf_format import read_config, read_state_dict, save_model
+from gpt2lab.model_source import resolve_model_dir
 
 
 class ContextLengthError(GPT2LabError, ValueError):
     """A sequence does not fit in the model's context (block_size)."""
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 1024  # context length: number of learned position embeddings (HF: n_positions)
-    vocab_size: int = 50257  # 50257 BPE tokens; training pads it to 50304 (a multiple of 128) for speed
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    layer_norm_epsilon: float = 1e-5
-
-    def __post_init__(self):
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> GPTConfig:
-        """The shapes OpenAI released: `gpt2` (124M), `gpt2-medium`, `gpt2-large`, `gpt2-xl`."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-
-PRESETS = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-}
 
 
 class KVCache:
@@ -267,31 +233,44 @@ class GPT(nn.Module):
             )
         return logits, loss
 
-    # Sampling lives in generate.py; these two are the familiar entry points (arguments documented there).
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
-                 vocab_size=None):
-        """idx (B, T) -> (B, T + n) token ids: the prompts continued by sampling, with a KV cache."""
-        from gpt2lab.generate import generate
+    def new_kv_cache(self, batch_size: int, length: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences of up to `length` positions (default: the context), on
+        the model's device and in its dtype."""
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype, length=length)
 
-        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
+    # The familiar entry points. Each hands over to the module that owns the job, arguments by keyword.
 
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                        stop_token=None, vocab_size=None):
+    def generate(self, idx, max_new_tokens, **options) -> torch.Tensor:
+        """idx (B, T) -> (B, T + n) token ids: the prompts continued by sampling, with a KV cache.
+
+        options: temperature, top_k, top_p, seed, stop_token, vocab_size (see `gpt2lab.generate.generate_stream`).
+        """
+        return sampling.generate(self, idx=idx, max_new_tokens=max_new_tokens, **options)
+
+    def generate_stream(self, idx, max_new_tokens, **options):
         """Like `generate`, but yields each step's new tokens, (B,), as soon as they are chosen."""
-        from gpt2lab.generate import generate_stream
+        return sampling.generate_stream(self, idx=idx, max_new_tokens=max_new_tokens, **options)
 
-        return generate_stream(self, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, vocab_size)
-
-    # Files and hubs live in hf_format.py; these two are here so the familiar API reads naturally.
     @classmethod
-    def from_pretrained(cls, source: str, device=None, dtype=None) -> GPT:
-        """Load `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, any HF hub id, or a local directory."""
-        from gpt2lab.hf_format import load_model
-
-        return load_model(source, device=device, dtype=dtype)
+    def from_pretrained(cls, source, device=None, dtype=None) -> GPT:
+        """Load MODEL: `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, any HF hub id, a local HF directory, or a
+        gpt2lab run directory (its newest complete checkpoint). Returned in eval mode."""
+        directory = resolve_model_dir(source)
+        config = read_config(directory)
+        with torch.device("meta"):  # no memory or time spent on a random init that is overwritten anyway
+            model = cls(config, init_weights=False)
+        expected_shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        model.load_state_dict(read_state_dict(directory, expected_shapes), assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor; re-tie
+        model.to(device=device, dtype=dtype)
+        return model.eval()
 
     def save_pretrained(self, directory) -> None:
         """Write `config.json` + `model.safetensors` in Hugging Face GPT-2 format, with GPT-2's tokenizer files."""
-        from gpt2lab.hf_format import save_model
-
         save_model(self, directory)
+
+
+def load_model(source, device=None, dtype=None) -> GPT:
+    """`GPT.from_pretrained` as a function: the one MODEL -> GPT that every command uses."""
+    return GPT.from_pretrained(source, device=device, dtype=dtype)

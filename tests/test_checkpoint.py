@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt2lab import GPT, load_model
-from gpt2lab.hf_format import latest_checkpoint, resolve_model_dir
 from gpt2lab.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError
+from gpt2lab.model_source import latest_checkpoint, resolve_model_dir
 from tests.conftest import ODD, hf_gpt2, run_cli, tiny_gpt
 
 CONFIGS = {

@@ -12,8 +12,8 @@ import torch
 
 from conftest import run_cli
 from gpt2lab.atomic import OutputError, atomic_directory, atomic_path, output_error
-from gpt2lab.hf_format import load_model
 from gpt2lab.errors import GPT2LabError
+from gpt2lab.model import load_model
 from train_utils import cli_flags, tiny_config, write_dataset
 
 UNWRITABLE = "/proc/gpt2lab-test/out"  # /proc refuses new entries, whoever runs the tests

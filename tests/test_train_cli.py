@@ -6,8 +6,9 @@ import json
 import pytest
 
 from conftest import run_cli
-from gpt2lab.hf_format import latest_checkpoint, load_model
 from gpt2lab.cli import main
+from gpt2lab.model import load_model
+from gpt2lab.model_source import latest_checkpoint
 from gpt2lab.train.config import (ConfigError, TrainConfig, incompatible_fields, read_config_file, resolve_config,
                                   to_toml)
 from train_utils import cli_flags, losses, write_dataset

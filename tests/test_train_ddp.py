@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from gpt2lab.hf_format import load_model
+from gpt2lab.model import load_model
 from train_utils import cli_flags, losses, write_dataset
 
 

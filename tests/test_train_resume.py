@@ -10,7 +10,8 @@ import time
 import torch
 
 from conftest import REPO, run_cli
-from gpt2lab.hf_format import latest_checkpoint, load_model
+from gpt2lab.model import load_model
+from gpt2lab.model_source import latest_checkpoint
 from train_utils import cli_flags, losses, write_dataset
 
 # 4 micro-steps per step over the full 50k vocabulary: slow enough (tens of ms per step) to kill mid-run.

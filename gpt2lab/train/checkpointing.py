@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from gpt2lab.atomic import TMP_PREFIX, atomic_directory
-from gpt2lab.hf_format import CHECKPOINTS_DIR, save_model
+from gpt2lab.hf_format import save_model
+from gpt2lab.model_source import CHECKPOINTS_DIR
 from gpt2lab.errors import CheckpointError
 
 STATE_FILE = "training_state.pt"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import GPTConfig
+from gpt2lab.gpt_config import GPTConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 

@@ -23,11 +23,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2lab import distributed, memory
 from gpt2lab.atomic import OutputError, atomic_write_text, reporting_refusals
-from gpt2lab.hf_format import CHECKPOINTS_DIR, load_model
 from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
 from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import GPT
+from gpt2lab.model import GPT, load_model
+from gpt2lab.model_source import CHECKPOINTS_DIR
 from gpt2lab.perf import flops_per_token, peak_flops
 from gpt2lab.train import checkpointing
 from gpt2lab.train.config import (TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml)
