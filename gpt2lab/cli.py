@@ -460,11 +460,12 @@ def run_train(args) -> int:
 
 
 def _run_train(args) -> int:
+    from gpt2lab.run_directory import RunDirectory
     from gpt2lab.train.config import read_run_config, resolve_config, to_toml
     from gpt2lab.train.trainer import train
 
     base = None
-    if args.resume and not (args.preset or args.config) and args.out and (Path(args.out) / "config.toml").is_file():
+    if args.resume and not (args.preset or args.config) and args.out and RunDirectory(args.out).config_file.is_file():
         base = read_run_config(args.out)  # `--resume` alone: continue with the run's own config
     config = resolve_config(args.preset, args.config, _config_overrides(args), base=base)
     if args.list_keys:

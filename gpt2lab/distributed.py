@@ -90,6 +90,15 @@ def broadcast_from_main(obj):
     return obj
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's `obj` (any picklable value), in rank order; [obj] on one process."""
+    if dist.is_available() and dist.is_initialized():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from gpt2lab.errors import ModelNotFoundError, first_line
 from gpt2lab.hf_format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX
+from gpt2lab.run_directory import CHECKPOINTS_DIR, RunDirectory
 
 HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
 
 
 def resolve_model_dir(source) -> Path:
     """Turn a MODEL string into a local directory holding `config.json` and weights."""
     path = Path(os.path.expanduser(str(source)))
     if path.is_dir():
-        if (path / CHECKPOINTS_DIR).is_dir() and not (path / CONFIG_JSON).exists():
-            return latest_checkpoint(path)
+        run = RunDirectory(path)
+        if run.checkpoints_dir.is_dir() and not (path / CONFIG_JSON).exists():
+            return _latest_checkpoint(run)
         if not (path / CONFIG_JSON).exists():
             raise ModelNotFoundError(
                 f"{path} has no config.json: expected a Hugging Face GPT-2 directory "
@@ -47,19 +46,13 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
-def latest_checkpoint(run_dir) -> Path:
-    """The newest complete checkpoint of a run (temporary `.tmp-*` directories are never complete)."""
-    run_dir = Path(run_dir)
-    candidates = []
-    for child in (run_dir / CHECKPOINTS_DIR).iterdir():
-        match = CHECKPOINT_NAME.match(child.name)
-        if match and (child / CONFIG_JSON).exists():
-            candidates.append((int(match.group(1)), child))
-    if not candidates:
+def _latest_checkpoint(run: RunDirectory) -> Path:
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
         raise ModelNotFoundError(
-            f"run directory {run_dir} has no complete checkpoint yet in {run_dir / CHECKPOINTS_DIR}"
+            f"run directory {run.path} has no complete checkpoint yet in {run.checkpoints_dir}"
         )
-    return max(candidates)[1]
+    return checkpoint
 
 
 def _download_from_hub(repo_id: str) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gpt2lab.atomic import atomic_path, writable_file
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.train.metrics import read_metrics
+from gpt2lab.run_directory import RunDirectory, read_metrics
 
 BASELINE_VAL_LOSS = ("OpenAI GPT-2 124M (FineWeb-Edu val)", 3.2924)
 BASELINE_HELLASWAG = [("OpenAI GPT-2 124M", 0.2955), ("GPT-3 124M", 0.337)]
@@ -27,7 +27,7 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
         raise GPT2LabError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
     runs = []
     for run in map(Path, run_dirs):
-        path = run / "metrics.jsonl"
+        path = RunDirectory(run).metrics_file
         if not path.is_file():
             raise GPT2LabError(f"{run} has no metrics.jsonl: pass a run directory written by `gpt2lab train`")
         records = read_metrics(path)

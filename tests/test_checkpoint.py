@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from gpt2lab import GPT, load_model
 from gpt2lab.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError
-from gpt2lab.model_source import latest_checkpoint, resolve_model_dir
+from gpt2lab.model_source import resolve_model_dir
+from gpt2lab.run_directory import RunDirectory
 from tests.conftest import ODD, hf_gpt2, run_cli, tiny_gpt
 
 CONFIGS = {
@@ -134,7 +135,7 @@ def test_run_directory_resolves_to_newest_complete_checkpoint(tmp_path):
     for step in (100, 900):
         tiny_gpt(seed=step).save_pretrained(tmp_path / "checkpoints" / f"step_{step:08d}")
     (tmp_path / "checkpoints" / ".tmp-step_00001000.abc").mkdir()  # an interrupted checkpoint write
-    assert latest_checkpoint(tmp_path).name == "step_00000900"
+    assert RunDirectory(tmp_path).latest_checkpoint().name == "step_00000900"
     assert resolve_model_dir(tmp_path).name == "step_00000900"
     loaded = load_model(tmp_path)
     assert torch.equal(loaded.transformer.wte.weight, tiny_gpt(seed=900).transformer.wte.weight)

@@ -8,6 +8,7 @@ import pytest
 from gpt2lab import get_tokenizer, load_model
 from gpt2lab import hf_tokenizer_files as hf_files
 from gpt2lab.errors import TokenizerError
+from gpt2lab.run_directory import RunDirectory
 from gpt2lab.train.checkpointing import save_checkpoint
 from tests.conftest import tiny_gpt
 
@@ -69,7 +70,8 @@ def test_hf_pipeline_runs_from_the_checkpoint(saved):
 
 
 def test_trainer_checkpoint_has_the_files(tmp_path):
-    path = save_checkpoint(tmp_path, 7, tiny_gpt(vocab_size=50304, block_size=32), {"note": "state"}, keep=2)
+    model = tiny_gpt(vocab_size=50304, block_size=32)
+    path = save_checkpoint(RunDirectory(tmp_path), 7, model, {"note": "state"}, keep=2)
     assert sorted(p.name for p in path.iterdir()) == sorted([*MODEL_FILES, *TOKENIZER_FILES, "training_state.pt"])
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000007"]  # no temporaries left
     assert json.loads((path / "tokenizer_config.json").read_text())["model_max_length"] == 32

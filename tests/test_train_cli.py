@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from gpt2lab.cli import main
 from gpt2lab.model import load_model
-from gpt2lab.model_source import latest_checkpoint
+from gpt2lab.run_directory import RunDirectory
 from gpt2lab.train.config import (ConfigError, TrainConfig, incompatible_fields, read_config_file, resolve_config,
                                   to_toml)
 from train_utils import cli_flags, losses, write_dataset
@@ -132,7 +132,7 @@ def test_bad_inputs_in_process(tmp_path, capsys):
         data, optim__lr=1e30, optim__min_lr=0, optim__grad_clip=0, schedule__warmup_steps=0, checkpoint__every=1,
         schedule__max_steps=6))
     one_line_error(result, "loss became nan", "at step 2", "step_00000001")
-    assert latest_checkpoint(diverging).name == "step_00000001"  # the last good one is kept...
+    assert RunDirectory(diverging).latest_checkpoint().name == "step_00000001"  # the last good one is kept...
     assert load_model(diverging)  # ... and loads
     assert max(losses(diverging)) == 1  # the NaN step was not logged as if it were a result
 
@@ -162,4 +162,4 @@ def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
     # the run's checkpoint is self-contained for HF tools: GPT-2's tokenizer is in it
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(latest_checkpoint(run)).encode("Hello, world") == [15496, 11, 995]
+    assert AutoTokenizer.from_pretrained(RunDirectory(run).latest_checkpoint()).encode("Hello, world") == [15496, 11, 995]

@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO, run_cli
 from gpt2lab.model import load_model
-from gpt2lab.model_source import latest_checkpoint
+from gpt2lab.run_directory import RunDirectory
 from train_utils import cli_flags, losses, write_dataset
 
 # 4 micro-steps per step over the full 50k vocabulary: slow enough (tens of ms per step) to kill mid-run.
@@ -77,7 +77,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     leftovers = [p.name for p in (run / "checkpoints").iterdir()]
     assert any(name.startswith(".tmp-step_00000008") for name in leftovers)  # the half-written one
-    assert latest_checkpoint(run).name == "step_00000004"  # ... is invisible; the previous one is intact
+    assert RunDirectory(run).latest_checkpoint().name == "step_00000004"  # ... is invisible; the previous one is intact
     load_model(run)  # and usable
 
     resumed = run_cli("train", "--out", run, "--resume", *flags)
@@ -105,4 +105,4 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     stopped = max(losses(run))
     assert stopped < 20 and f"stopped by SIGINT at step {stopped}" in out
-    assert latest_checkpoint(run).name == f"step_{stopped:08d}"  # saved at the step it stopped, not the last periodic
+    assert RunDirectory(run).latest_checkpoint().name == f"step_{stopped:08d}"  # saved at the step it stopped, not the last periodic

@@ -1,52 +1,126 @@
-"""Checkpoints of a training run: the model (HF format) plus everything needed to continue exactly.
+"""Training checkpoints: the model plus everything needed to continue exactly, and the `Checkpointer` that writes
+them and restores training from one.
 
-RUN/checkpoints/step_%08d/ = config.json + model.safetensors (what `load_model(RUN)` and transformers read)
-+ vocab.json, merges.txt, tokenizer_config.json (GPT-2's tokenizer for HF tools, see `hf_tokenizer_files`)
-+ training_state.pt (optimizer, grad scaler, step, each rank's data-loader position and RNG states, config),
-written with torch.save and read back with torch.load(weights_only=True): tensors and plain containers only.
-The directory is assembled under a temporary name and renamed when complete, so a kill at any moment leaves
-the previous checkpoint intact and the half-written one invisible to `latest_checkpoint`.
+RUN/checkpoints/step_%08d/ (named by `RunDirectory`) = the model in Hugging Face format (config.json +
+model.safetensors + GPT-2's tokenizer files: what `load_model(RUN)` and transformers read) + training_state.pt:
+
+    optimizer, scaler     each one's state_dict(), the same on every rank (rank 0's is saved)
+    loader, rng           a list of every rank's state, in rank order
+    world_size, config    the number of processes and the TrainConfig (a dict) it was saved with
+    step                  the number of steps done
+
+written with torch.save and read back with torch.load(weights_only=True): tensors and plain containers only. The
+directory is assembled under a temporary name and renamed when complete, so a kill at any moment leaves the
+previous checkpoint intact and the half-written one invisible.
+
+As in torchtitan, the trainer hands the Checkpointer its pieces of state by name, each an object with
+`state_dict()` / `load_state_dict()`: another piece of state (a second optimizer, say) is one more entry, not
+more checkpoint code.
 """
 
-import re
-import shutil
+from __future__ import annotations
+
 from pathlib import Path
 
 import torch
 
-from gpt2lab.atomic import TMP_PREFIX, atomic_directory
-from gpt2lab.hf_format import save_model
-from gpt2lab.model_source import CHECKPOINTS_DIR
+from gpt2lab import distributed
+from gpt2lab.atomic import atomic_directory
 from gpt2lab.errors import CheckpointError
+from gpt2lab.hf_format import save_model
+from gpt2lab.run_directory import RunDirectory
 
 STATE_FILE = "training_state.pt"
-STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def checkpoint_dir(run_dir, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:08d}"
+class Checkpointer:
+    """Writes a run's checkpoints and restores training from one.
+
+    states: the same on every rank (optimizer, grad scaler): rank 0's is saved, and loaded on every rank.
+    rank_states: each rank's own: all ranks' are saved, a list in rank order, and `load_state_dict` receives the
+        list to take what it needs from.
+    Each process's RNG is saved the same way by the checkpointer itself: it is the process's global state, not an
+    object of the trainer's.
+    """
+
+    def __init__(self, run: RunDirectory, model, ctx: distributed.DistContext, device: torch.device, *,
+                 states: dict, rank_states: dict, config: dict, keep: int, seed: int):
+        self.run, self.model, self.ctx, self.device = run, model, ctx, device
+        self.states, self.rank_states = states, rank_states
+        self.config, self.keep, self.seed = config, keep, seed
+
+    def save(self, step: int) -> None:
+        """Every rank calls this (each rank's state is gathered); rank 0 writes checkpoint `step`."""
+        mine = {name: state.state_dict() for name, state in self.rank_states.items()}
+        mine["rng"] = rng_state(self.device)
+        every_rank = distributed.all_gather_object(mine)
+        if self.ctx.is_main:
+            training_state = {name: state.state_dict() for name, state in self.states.items()}
+            training_state.update({name: [rank[name] for rank in every_rank] for name in mine})
+            training_state.update(world_size=self.ctx.world_size, config=self.config)
+            save_checkpoint(self.run, step, self.model, training_state, self.keep)
+        distributed.barrier()
+
+    def load(self, checkpoint: Path) -> dict:
+        """Restore every piece of state and this process's RNG from `checkpoint` (whose model the caller has
+        loaded); returns the saved training state (`step`, `world_size`, ...)."""
+        saved = load_training_state(checkpoint)
+        for name, state in {**self.states, **self.rank_states}.items():
+            state.load_state_dict(saved[name])
+        self._restore_rng(saved["rng"], int(saved["step"]))
+        return saved
+
+    def _restore_rng(self, saved: list, step: int) -> None:
+        """Rank r continues saved rank r's RNG stream; a rank the saved run did not have (more processes now) is
+        seeded from runtime.seed, its rank and the step: deterministic, and not a replay of any rank's start.
+        (The training step draws no random numbers today, no dropout: this keeps any code that would reproducible.)"""
+        rank = self.ctx.rank
+        if rank < len(saved):
+            set_rng_state(saved[rank], self.device)
+        else:
+            torch.manual_seed(self.seed + rank + 1_000_003 * step)
 
 
-def rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+class OptionalState:
+    """A piece of state that a run may not have (the grad scaler exists with fp16 only): saved as {} when absent,
+    and nothing to load when either side lacks it (precision may change on resume)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def state_dict(self) -> dict:
+        return self.obj.state_dict() if self.obj is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.obj is not None and state:
+            self.obj.load_state_dict(state)
 
 
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+class SameOnEveryRank:
+    """A rank state whose value is the same on every rank: the data loader's position counts chunks of the whole
+    step, so any rank's resumes every rank, with any number of processes (for the same total batch, which the
+    trainer's resume check guarantees). Saved from every rank, restored from rank 0's."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def state_dict(self) -> dict:
+        return self.obj.state_dict()
+
+    def load_state_dict(self, every_rank: list) -> None:
+        self.obj.load_state_dict(every_rank[0])
 
 
-def save_checkpoint(run_dir, step: int, model, training_state: dict, keep: int) -> Path:
+# ------------------------------------------------------------------------------------------------ files
+
+
+def save_checkpoint(run: RunDirectory, step: int, model, training_state: dict, keep: int) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep` complete checkpoints."""
-    path = checkpoint_dir(run_dir, step)
+    path = run.checkpoint_dir(step)
     with atomic_directory(path) as tmp:
         save_model(model, tmp)
         torch.save({**training_state, "step": step}, tmp / STATE_FILE)
-    prune_checkpoints(run_dir, keep)
+    run.prune_checkpoints(keep)
     return path
 
 
@@ -62,26 +136,14 @@ def load_training_state(checkpoint: Path) -> dict:
                               f"directory to resume from the one before") from None
 
 
-def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = STEP_DIR.match(child.name)
-        if match and (child / "config.json").exists():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def prune_checkpoints(run_dir, keep: int) -> None:
-    for _, path in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def remove_stale_temporaries(run_dir) -> None:
-    """Half-written checkpoints of a killed run (they never became complete, nothing refers to them)."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if root.is_dir():
-        for child in root.glob(f"{TMP_PREFIX}*"):
-            shutil.rmtree(child, ignore_errors=True)
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.gpt_config import GPTConfig
+from gpt2lab.run_directory import RunDirectory
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -304,7 +305,7 @@ def _toml_value(value) -> str:
 
 
 def read_run_config(run_dir) -> dict:
-    return read_config_file(Path(run_dir) / "config.toml")
+    return read_config_file(RunDirectory(run_dir).config_file)
 
 
 # Fields that may change between a run and its resumption: where/how it runs, how often it reports.

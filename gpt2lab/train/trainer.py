@@ -12,7 +12,6 @@ same token stream, losses equal up to float rounding.
 import contextlib
 import math
 import os
-import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -22,19 +21,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt2lab import distributed, memory
-from gpt2lab.atomic import OutputError, atomic_write_text, reporting_refusals
+from gpt2lab.atomic import OutputError, reporting_refusals
 from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
-from gpt2lab.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.model import GPT, load_model
-from gpt2lab.model_source import CHECKPOINTS_DIR
 from gpt2lab.perf import flops_per_token, peak_flops
-from gpt2lab.train import checkpointing
-from gpt2lab.train.config import (TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml)
-from gpt2lab.train.metrics import MetricsLog, StepTimer
+from gpt2lab.run_directory import MetricsLog, RunDirectory
+from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank
+from gpt2lab.train.config import TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
+from gpt2lab.train.metrics import StepTimer
 from gpt2lab.train.optim import lr_at, make_optimizer
-
-RUN_FILES = ("config.toml", "metrics.jsonl", "samples.txt", CHECKPOINTS_DIR)
 
 
 class TrainingDiverged(GPT2LabError, FloatingPointError):
@@ -98,12 +94,11 @@ def batch_iterator(loader):
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir, resume: bool = False, overwrite: bool = False, log=None,
                  progress: bool = True):
-        self.config, self.run_dir = config, Path(run_dir)
+        self.config, self.run_dir = config, RunDirectory(run_dir)  # rank 0 locks it for the trainer's whole life
         self.resume, self.overwrite = resume, overwrite
         self.progress = progress
         self._log = log or print
         self.stop_signal = None
-        self.lock: DirectoryLock | None = None  # rank 0's hold on the run directory, for the trainer's whole life
         self.ctx, self.step = distributed.DistContext(), 0
 
     def log(self, line: str) -> None:
@@ -126,7 +121,7 @@ class Trainer:
             keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
 
         self._lock_run_dir()
-        checkpoint = self._check_run_dir()  # every rank checks before rank 0 writes anything
+        checkpoint = self._checkpoint_to_resume()  # every rank checks before rank 0 writes anything
         self._check_data()
         self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
                                            self.ctx.world_size)
@@ -136,6 +131,7 @@ class Trainer:
         self._check_memory()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
+        self.checkpointer = self._make_checkpointer()
         self.step = 0
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -149,9 +145,10 @@ class Trainer:
         self.hellaswag = self._load_hellaswag()
         distributed.barrier()
         if self.ctx.is_main:
-            self._prepare_run_dir(checkpoint)
+            resumed_step = self.step if checkpoint is not None else None
+            self.run_dir.prepare(to_toml(cfg), overwrite=self.overwrite, resumed_step=resumed_step)
         distributed.barrier()
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.ctx.is_main)
+        self.metrics = MetricsLog(self.run_dir.metrics_file, enabled=self.ctx.is_main)
 
     def _lock_run_dir(self) -> None:
         """Rank 0 takes the run directory's lock (creating the directory) before anything else touches it; every
@@ -159,7 +156,7 @@ class Trainer:
         refusal = None
         if self.ctx.is_main:
             try:
-                self.lock = DirectoryLock(self.run_dir, what="gpt2lab train").acquire()
+                self.run_dir.acquire(what="gpt2lab train")
             except GPT2LabError as e:
                 if not self.ctx.enabled:
                     raise
@@ -168,44 +165,16 @@ class Trainer:
         if refusal is not None:
             raise GPT2LabError(refusal)
 
-    def _release_run_dir(self, failed: bool) -> None:
-        if self.lock is not None:
-            # A launch that failed before writing anything leaves no empty run directory behind.
-            self.lock.release(remove_if_unused=failed)
-            self.lock = None
-
-    def _check_run_dir(self):
-        """The checkpoint to resume from (or None); refuses to mix two runs in one directory."""
-        cfg, run = self.config, self.run_dir
-        if run.exists() and not run.is_dir():
-            raise GPT2LabError(f"run directory {run} is a file; choose another --out")
-        holds_run = run.is_dir() and any((run / name).exists() for name in RUN_FILES)
-        if self.resume:
-            found = checkpointing.complete_checkpoints(run)
-            if not found:
-                raise GPT2LabError(f"--resume: {run} has no complete checkpoint to resume from; "
-                                   f"start the run without --resume")
-            saved = resolve_config(base=read_run_config(run))
-            differences = incompatible_fields(saved, cfg)
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint to resume from (or None), once the run directory and the config allow it."""
+        checkpoint = self.run_dir.checkpoint_to_resume(self.resume, self.overwrite)
+        if checkpoint is not None:
+            saved = resolve_config(base=read_run_config(self.run_dir.path))
+            differences = incompatible_fields(saved, self.config)
             if differences:
                 raise GPT2LabError(f"--resume: the config differs from the run's saved config in "
                                    f"{'; '.join(differences)}; resume with the original values or start a new run")
-            return found[-1][1]
-        if holds_run and not self.overwrite:
-            raise GPT2LabError(f"{run} already holds a training run; pass --resume to continue it, "
-                               f"--overwrite to replace it, or choose another --out")
-        return None
-
-    def _prepare_run_dir(self, checkpoint) -> None:
-        run = self.run_dir
-        if self.overwrite and not self.resume:
-            for name in RUN_FILES:  # only our own files: a user's notes in the directory survive
-                path = run / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        checkpointing.remove_stale_temporaries(run)
-        atomic_write_text(run / "config.toml", to_toml(self.config))
-        if checkpoint is not None:  # forget what a killed run logged after its last checkpoint
-            MetricsLog.truncate(run / "metrics.jsonl", after_step=self.step)
+        return checkpoint
 
     def _check_data(self) -> None:
         from gpt2lab.data import read_manifest
@@ -260,31 +229,23 @@ class Trainer:
         memory.check_fits(f"data.batch_size {d.batch_size} ({shape})", per_process * processes, self.device,
                           "for one training micro-step")
 
+    def _make_checkpointer(self) -> Checkpointer:
+        """The trainer's pieces of state, by name: with the weights and each process's RNG (which the checkpointer
+        saves itself), everything that decides what the next step computes."""
+        return Checkpointer(self.run_dir, self.raw_model, self.ctx, self.device,
+                            states={"optimizer": self.optimizer, "scaler": OptionalState(self.scaler)},
+                            rank_states={"loader": SameOnEveryRank(self.train_loader)},
+                            config=self.config.to_dict(), keep=self.config.checkpoint.keep,
+                            seed=self.config.runtime.seed)
+
     def _restore(self, checkpoint: Path) -> None:
-        state = checkpointing.load_training_state(checkpoint)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        # The loader position counts chunks of the whole step, the same on every rank, so it resumes any number of
-        # processes: the total batch (hence chunks per step) is unchanged, _check_run_dir refused any change to it.
-        self.train_loader.load_state_dict(state["loader"][0])
-        self._restore_rng(state["rng"])
+        saved = self.checkpointer.load(checkpoint)  # the weights came with the model (_make_model)
+        self.step = int(saved["step"])
         self.log(f"resuming from {checkpoint} (step {self.step})")
-        saved_world = int(state["world_size"])
+        saved_world = int(saved["world_size"])
         if saved_world != self.ctx.world_size:
             self.log(f"process count changed: {saved_world} -> {self.ctx.world_size} ({self.grad_accum} micro-steps "
                      f"per step now); the total batch is the same, so the token stream continues unchanged")
-
-    def _restore_rng(self, saved: list) -> None:
-        """Rank r continues saved rank r's RNG stream; a rank the saved run did not have (more processes now) is
-        seeded from runtime.seed, its rank and the step: deterministic, and not a replay of any rank's start.
-        (The training step draws no random numbers today, no dropout: this keeps any code that would reproducible.)"""
-        rank = self.ctx.rank
-        if rank < len(saved):
-            checkpointing.set_rng_state(saved[rank], self.device)
-        else:
-            torch.manual_seed(self.config.runtime.seed + rank + 1_000_003 * self.step)
 
     def _load_hellaswag(self):
         eval_cfg = self.config.eval
@@ -303,7 +264,7 @@ class Trainer:
             failed = False
             return result
         finally:
-            self._release_run_dir(failed)
+            self.run_dir.release(failed)
 
     def _run(self) -> TrainResult:
         self.setup()
@@ -354,7 +315,7 @@ class Trainer:
                 val = self._periodic(max_steps)
                 val_loss = val if val is not None else val_loss
                 if self._stop_requested():
-                    self._save()
+                    self.checkpointer.save(self.step)
                     self.log(f"stopped by {self.stop_signal} at step {self.step}: checkpoint saved; continue with "
                              f"the same command plus --resume")
                     return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
@@ -366,7 +327,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         self.log(f"done: step {self.step}, loss {loss:.4f}, val loss {val_loss:.4f}; "
-                 f"model in {checkpointing.checkpoint_dir(self.run_dir, self.step)}")
+                 f"model in {self.run_dir.checkpoint_dir(self.step)}")
         return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s())
 
     def _periodic(self, max_steps: int):
@@ -383,7 +344,7 @@ class Trainer:
         if eval_cfg.sample_every and eval_cfg.sample_count and due(eval_cfg.sample_every) and self.ctx.is_main:
             self._write_samples()
         if due(self.config.checkpoint.every) or last:
-            self._save()
+            self.checkpointer.save(self.step)
         return val_loss
 
     def _diverged(self, step: int, loss: float, norm: float) -> TrainingDiverged:
@@ -392,8 +353,8 @@ class Trainer:
                                 f"and resume or restart")
 
     def _last_good_checkpoint(self) -> str:
-        found = checkpointing.complete_checkpoints(self.run_dir)
-        return f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
+        checkpoint = self.run_dir.latest_checkpoint()
+        return f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
 
     # --- evaluation, samples, checkpoints ---------------------------------------------------------------
 
@@ -439,30 +400,10 @@ class Trainer:
         model.train()
         texts = [tok.decode([t for t in row.tolist() if t < tok.n_vocab]) for row in out]
         block = "".join(f"--- step {self.step}, sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
-        path = self.run_dir / "samples.txt"
+        path = self.run_dir.samples_file
         with reporting_refusals(path), open(path, "a", encoding="utf-8") as f:
             f.write(block)
         self.log(f"step {self.step}: sample: {texts[0][:200]!r}")
-
-    def _save(self) -> None:
-        """Gather every rank's loader position and RNG, then rank 0 writes the checkpoint."""
-        local = {"loader": self.train_loader.state_dict(), "rng": checkpointing.rng_state(self.device)}
-        if self.ctx.enabled:
-            gathered = [None] * self.ctx.world_size
-            torch.distributed.all_gather_object(gathered, local)
-        else:
-            gathered = [local]
-        if self.ctx.is_main:
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "loader": [g["loader"] for g in gathered],
-                "rng": [g["rng"] for g in gathered],
-                "world_size": self.ctx.world_size,
-                "config": self.config.to_dict(),
-            }
-            checkpointing.save_checkpoint(self.run_dir, self.step, self.raw_model, state, self.config.checkpoint.keep)
-        distributed.barrier()
 
     # --- console, signals ---------------------------------------------------------------------------------
 
