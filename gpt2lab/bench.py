@@ -251,8 +251,9 @@ def bench_train(
 
 
 def _widest(dtypes) -> int:
-    """Bytes per value of the widest dtype benchmarked: its run is the one that needs the most memory."""
-    return max(getattr(torch, name).itemsize for name in dtypes)
+    """Bytes per value of the widest dtype benchmarked: its run is the one that needs the most memory. Checked
+    first by both model benchmarks, so an unknown dtype name is refused before anything is measured."""
+    return max(resolve_dtype(name).itemsize for name in dtypes)
 
 
 def _copy_model(model: GPT, device) -> GPT:

@@ -1,5 +1,8 @@
-"""The `gpt2lab` command: a thin argparse layer over the library. Each subcommand parses its flags, calls
-library functions, and prints. A `GPT2LabError` (bad user input) becomes one line on stderr and exit code 2."""
+"""The `gpt2lab` command: a thin argparse layer over the library. Each subcommand has `add_<command>_command`
+(its flags) and `run_<command>(args) -> int` (library calls, printing, the exit code). `main` runs it: a
+`GPT2LabError` (bad user input) or an OS refusal becomes one line on stderr and exit code 2, said once under
+torchrun (every process runs the command: train, eval), whose workers then leave through
+`distributed.exit_process`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from gpt2lab import distributed
 from gpt2lab.errors import GPT2LabError
 
 
@@ -35,10 +39,20 @@ def main(argv=None) -> int:
     if extra and not getattr(args, "takes_config_flags", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.config_flags = extra
+    if not distributed.launched_by_torchrun():
+        return run_command(args)
+    # Under torchrun every process runs the command (train, eval): rank 0 says a user error, the same on every
+    # rank, once; and a worker must leave through exit_process (see there for why), which never returns.
+    distributed.exit_process(run_command(args, say_user_errors=int(os.environ.get("RANK", 0)) == 0))
+
+
+def run_command(args, say_user_errors: bool = True) -> int:
+    """Run the subcommand; what the user or the OS got wrong becomes one line on stderr and exit code 2."""
     try:
-        return args.run(args) or 0
+        return args.run(args)
     except GPT2LabError as e:
-        print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
+        if say_user_errors:
+            print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno is None or isinstance(e, BrokenPipeError):
@@ -90,10 +104,10 @@ def add_prepare_command(commands) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out")
     p.add_argument("--threads", type=int, help="tokeniser threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=_run_prepare)
+    p.set_defaults(run=run_prepare)
 
 
-def _run_prepare(args) -> int:
+def run_prepare(args) -> int:
     from gpt2lab.data import PrepareConfig, prepare
 
     config = PrepareConfig(
@@ -138,7 +152,6 @@ def add_eval_command(commands) -> None:
 def run_eval(args) -> int:
     import json
 
-    from gpt2lab import distributed
     from gpt2lab.device import resolve_device, resolve_dtype
     from gpt2lab.eval import hellaswag, loss
     from gpt2lab.model import load_model
@@ -167,8 +180,6 @@ def run_eval(args) -> int:
     if ctx.is_main:
         record = {"task": args.task, "model": str(args.model), "data": args.data, **result.to_dict()}
         print(json.dumps(record) if args.json else sentence, flush=True)
-    if ctx.enabled:
-        distributed.exit_process(0)  # a torchrun worker must leave this way (see distributed.exit_process)
     return 0
 
 # --------------------------------------------------------------------------------------------- inspect
@@ -193,7 +204,7 @@ def add_inspect_command(commands) -> None:
     p.set_defaults(run=run_inspect)
 
 
-def run_inspect(args) -> None:
+def run_inspect(args) -> int:
     from gpt2lab.atomic import writable_directory
     from gpt2lab.model import load_model
     from gpt2lab.weights_report import format_report, write_plots
@@ -206,6 +217,7 @@ def run_inspect(args) -> None:
         print()
         for path in write_plots(model, args.plots, channels=args.channels):
             print(f"wrote {path}")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- sample
@@ -261,7 +273,7 @@ def _int_or_none(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
 
 
-def run_sample(args) -> None:
+def run_sample(args) -> int:
     import time
 
     import torch
@@ -337,6 +349,7 @@ def run_sample(args) -> None:
     out.flush()
     seconds = time.perf_counter() - start
     print(f"[{count} new tokens in {seconds:.1f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
+    return 0
 
 
 def print_stream(token_ids, tokenizer, out) -> int:
@@ -421,53 +434,17 @@ def add_train_command(commands) -> None:
     p.set_defaults(run=run_train, takes_config_flags=True)
 
 
-def _config_overrides(args) -> list[tuple[str, str]]:
-    from gpt2lab.train.config import ConfigError, parse_override
-
-    overrides = [parse_override(item) for item in args.set]
-    flags = list(args.config_flags)
-    while flags:
-        flag = flags.pop(0)
-        if not flag.startswith("--") or "." not in flag.split("=")[0]:
-            raise ConfigError(f"unrecognized argument '{flag}'; config keys are given as --section.key VALUE "
-                              f"or --set section.key=VALUE")
-        if "=" in flag:
-            overrides.append(parse_override(flag[2:]))
-        elif flags:
-            overrides.append((flag[2:], flags.pop(0)))
-        else:
-            raise ConfigError(f"{flag} needs a value")
-    for key, value in (("model.init", args.init), ("schedule.max_steps", args.steps), ("runtime.device", args.device)):
-        if value is not None:
-            overrides.append((key, str(value)))
-    return overrides
-
-
 def run_train(args) -> int:
-    from gpt2lab import distributed
-
-    try:
-        code = _run_train(args)
-    except GPT2LabError as e:
-        if not distributed.launched_by_torchrun():
-            raise
-        if int(os.environ.get("RANK", 0)) == 0:  # the same error on every rank: say it once
-            print(f"gpt2lab train: error: {e}", file=sys.stderr)
-        code = 2
-    if distributed.launched_by_torchrun():
-        distributed.exit_process(code)  # never returns; see exit_process for why
-    return code
-
-
-def _run_train(args) -> int:
     from gpt2lab.run_directory import RunDirectory
-    from gpt2lab.train.config import read_run_config, resolve_config, to_toml
+    from gpt2lab.train.config import command_line_overrides, read_run_config, resolve_config, to_toml
     from gpt2lab.train.trainer import train
 
     base = None
     if args.resume and not (args.preset or args.config) and args.out and RunDirectory(args.out).config_file.is_file():
         base = read_run_config(args.out)  # `--resume` alone: continue with the run's own config
-    config = resolve_config(args.preset, args.config, _config_overrides(args), base=base)
+    shortcuts = {"model.init": args.init, "schedule.max_steps": args.steps, "runtime.device": args.device}
+    overrides = command_line_overrides(args.set, args.config_flags, shortcuts)
+    config = resolve_config(args.preset, args.config, overrides, base=base)
     if args.list_keys:
         print(to_toml(config), end="")
         return 0
@@ -498,6 +475,8 @@ def run_plot(args) -> int:
     path = plot_runs(args.runs, out, baselines=not args.no_baselines)
     print(f"wrote {path}")
     return 0
+
+
 # --------------------------------------------------------------------------------------------- bench
 
 
@@ -542,10 +521,10 @@ def add_bench_command(commands) -> None:
     p.set_defaults(run=run_bench)
 
 
-def run_bench(args) -> None:
+def run_bench(args) -> int:
     from gpt2lab import bench, memory
     from gpt2lab.atomic import writable_file
-    from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device, resolve_dtype
+    from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
 
     for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
         if getattr(args, flag) < 1:
@@ -558,8 +537,6 @@ def run_bench(args) -> None:
     if device.type == "cpu":
         keep_freed_memory()  # as `gpt2lab train` does; it is process-wide, so both sides get it
     dtypes = args.dtypes or native_dtypes(device)
-    for name in dtypes:
-        resolve_dtype(name)  # an unknown name fails here, before any measuring
     config = bench.BENCH_CONFIGS[args.model]
     if args.mode == "train":
         if args.seq_len > config.block_size:
@@ -583,6 +560,7 @@ def run_bench(args) -> None:
     if args.json:
         bench.write_json(report, args.json)
         print(f"wrote {args.json}")
+    return 0
 
 
 # The subcommands, in the order `gpt2lab --help` lists them. Each adds its parser (flags, and `run` set to

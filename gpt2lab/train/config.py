@@ -1,8 +1,8 @@
 """Training configuration: typed dataclasses, filled from defaults, a preset, a TOML/YAML file and the command line.
 
 Resolution order (later wins): dataclass defaults -> `--preset NAME` (gpt2lab/presets/NAME.toml) -> `--config FILE`
--> `--set section.key=value` / `--section.key value` overrides. The resolved config is written to RUN/config.toml,
-so a run directory always says exactly how it was trained.
+-> `--set section.key=value` / `--section.key value` overrides (parsed here too: `command_line_overrides`). The
+resolved config is written to RUN/config.toml, so a run directory always says exactly how it was trained.
 """
 
 import dataclasses
@@ -238,6 +238,29 @@ def parse_override(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=3e-4")
     return key.strip(), value.strip()
+
+
+def command_line_overrides(assignments=(), flags=(), shortcuts=None) -> list[tuple[str, str]]:
+    """The overrides a command line gives, in the order they apply: `--set section.key=value` (`assignments`),
+    then `--section.key value` or `--section.key=value` (`flags`, the words argparse left over), then shortcut
+    flags (`shortcuts`: {"schedule.max_steps": value or None}) that were given."""
+    overrides = [parse_override(item) for item in assignments]
+    flags = list(flags)
+    while flags:
+        flag = flags.pop(0)
+        if not flag.startswith("--") or "." not in flag.split("=")[0]:
+            raise ConfigError(f"unrecognized argument '{flag}'; config keys are given as --section.key VALUE "
+                              f"or --set section.key=VALUE")
+        if "=" in flag:
+            overrides.append(parse_override(flag[2:]))
+        elif flags:
+            overrides.append((flag[2:], flags.pop(0)))
+        else:
+            raise ConfigError(f"{flag} needs a value")
+    for key, value in (shortcuts or {}).items():
+        if value is not None:
+            overrides.append((key, str(value)))
+    return overrides
 
 
 def resolve_config(preset=None, config_file=None, overrides=(), base: dict | None = None) -> TrainConfig:
