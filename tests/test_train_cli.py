@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli
 from gpt2lab.checkpoint import latest_checkpoint, load_model
@@ -132,7 +133,9 @@ def test_bad_inputs_in_process(tmp_path, capsys):
         schedule__max_steps=6))
     one_line_error(result, "loss became nan", "at step 2", "step_00000001")
     assert latest_checkpoint(diverging).name == "step_00000001"  # the last good one is kept...
-    assert load_model(diverging)  # ... and loads
+    kept = load_model(diverging).state_dict()  # ... and loads, with the weights of step 1: finite, trained
+    assert all(torch.isfinite(t).all() for t in kept.values())
+    assert float(kept["transformer.h.0.mlp.c_fc.bias"].abs().max()) > 1e20  # moved by one step of lr 1e30
     assert max(losses(diverging)) == 1  # the NaN step was not logged as if it were a result
 
 
