@@ -262,3 +262,51 @@ def test_unknown_hub_id_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="could not be downloaded from the Hugging Face Hub"):
         load_model("someone/no-such-model-xyz")
+
+
+def test_released_names_resolve_to_openai_community_in_the_hf_cache(tmp_path, monkeypatch):
+    """`gpt2` means the hub repository openai-community/gpt2: a model already in the standard HF cache (as a
+    download leaves it) loads offline under that name, with its weights."""
+    from huggingface_hub import constants
+
+    model = tiny_gpt(seed=11)
+    model.save_pretrained(tmp_path / "saved")
+    repo = tmp_path / "hub" / "models--openai-community--gpt2"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (repo / "snapshots" / commit / name).write_bytes((tmp_path / "saved" / name).read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    loaded = load_model("gpt2")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ModelNotFoundError):  # the other sizes are other repositories, not in this cache
+        load_model("gpt2-medium")
+
+
+def test_a_save_that_dies_half_way_leaves_the_previous_weights(tmp_path, monkeypatch):
+    """Ctrl-C after half of model.safetensors was written: the previous file is still there, whole."""
+    import safetensors.torch
+
+    tiny_gpt().save_pretrained(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    real_save = safetensors.torch.save_file
+
+    def half_then_interrupt(tensors, filename, *args, **kwargs):
+        real_save(tensors, filename, *args, **kwargs)
+        data = open(filename, "rb").read()
+        with open(filename, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_gpt(seed=1).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(load_model(tmp_path).transformer.wte.weight, tiny_gpt().transformer.wte.weight)
