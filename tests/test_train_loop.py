@@ -237,3 +237,99 @@ def test_resume_continues_the_global_rng_stream(tmp_path, monkeypatch):
     assert not torch.equal(straight[0], straight[4])  # the stream does move: restarting it would show
     for step, (got, expected) in enumerate(zip(draws, straight[4:]), start=5):
         assert torch.equal(got, expected), f"step {step}: the resumed run drew other random numbers"
+
+
+# ---------------------------------------------------------------------------------------------- precision, compile
+
+
+def test_autocast_precisions_run_the_forward_in_that_dtype_and_fp16_unscales(tmp_path, monkeypatch):
+    """bf16 / fp16 autocast on the CPU (the code path GPUs take): the logits come out in that dtype, and the
+    logged loss and gradient norm stay those of fp32; fp16's GradScaler is unscaled before clipping (else the
+    norm would read 65,536 times too large) and its state goes into the checkpoint."""
+    data = write_dataset(tmp_path / "data")
+    seen = {}
+
+    def run(precision):
+        logits_dtypes = seen.setdefault(precision, set())
+        real = REAL_TRAIN_STEP
+
+        def train_step(model, *args, **kwargs):
+            handle = model.lm_head.register_forward_hook(lambda m, i, out: logits_dtypes.add(out.dtype))
+            try:
+                return real(model, *args, **kwargs)
+            finally:
+                handle.remove()
+
+        monkeypatch.setattr(trainer_module, "train_step", train_step)
+        run_dir = tmp_path / precision
+        train(tiny_config(data, schedule__max_steps=3, runtime__precision=precision), run_dir, log=quiet)
+        state = torch.load(run_dir / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
+        return step_records(run_dir), state
+
+    reference, fp32_state = run("fp32")
+    assert seen["fp32"] == {torch.float32} and not fp32_state["scaler"]
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        records, state = run(precision)
+        assert seen[precision] == {dtype}, precision
+        for got, expected in zip(records, reference):
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-3), precision
+            assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=2e-2), precision
+        assert bool(state["scaler"]) == (precision == "fp16"), precision
+    assert state["scaler"]["scale"] > 1  # fp16: the loss really was scaled
+
+
+def test_runtime_compile_trains_through_the_compiled_module(tmp_path, monkeypatch):
+    """runtime.compile: the training forward passes go through what torch.compile returned (faked here: real
+    compilation takes a minute on a CPU), while evaluation and checkpoints use the plain module."""
+    data = write_dataset(tmp_path / "data")
+    compiled = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod, self.calls = module, 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self._orig_mod(*args, **kwargs)
+
+    def fake_compile(module, *args, **kwargs):
+        compiled.append(Compiled(module))
+        return compiled[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    # 2 micro-steps per step, 3 steps, validation at the end
+    train(tiny_config(data, data__batch_size=2, schedule__max_steps=3, eval__val_every=3, runtime__compile="true"),
+          tmp_path / "run", log=quiet)
+    assert len(compiled) == 1 and compiled[0].calls == 3 * 2
+    assert load_model(tmp_path / "run").state_dict().keys() == compiled[0]._orig_mod.state_dict().keys()
+
+    compiled.clear()
+    train(tiny_config(data, schedule__max_steps=1), tmp_path / "plain", log=quiet)
+    assert compiled == []  # off by default
+
+
+# ---------------------------------------------------------------------------------------------- console
+
+
+def test_console_line_per_step_and_a_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    data = write_dataset(tmp_path / "data")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(tiny_config(data, schedule__max_steps=3), tmp_path / "run")
+    out = capsys.readouterr().out
+    for step, record in enumerate(step_records(tmp_path / "run"), start=1):
+        assert f"step {step:>6}/3 | loss {record['loss']:.4f} | lr {record['lr']:.2e} | " in out
+    assert "3/3" in terminal.getvalue() and "step/s" in terminal.getvalue()  # tqdm's bar, on stderr
+
+    before = len(terminal.getvalue())
+    train(tiny_config(data, schedule__max_steps=3), tmp_path / "quiet", progress=False)  # --no-progress
+    assert "step      3/3" in capsys.readouterr().out
+    assert "step/s" not in terminal.getvalue()[before:]

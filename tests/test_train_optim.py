@@ -105,3 +105,14 @@ def test_loss_decreases_over_a_few_dozen_steps(tmp_path):
     first, last = sum(by_step[s] for s in range(1, 4)) / 3, sum(by_step[s] for s in range(38, 41)) / 3
     assert first > 10.0 and last < first - 3.0, (first, last)
     assert math.isfinite(result.val_loss) and result.val_loss < first - 2.5
+
+
+def test_make_optimizer_takes_every_setting_from_the_config():
+    model = GPT(GPTConfig(**TINY_GPT))
+    optim = OptimSection(lr=7e-4, weight_decay=0.05, beta1=0.8, beta2=0.97, eps=1e-6)
+    optimizer = make_optimizer(model, optim, torch.device("cpu"))
+    decay, no_decay = optimizer.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
+    for group in (decay, no_decay):
+        assert (group["lr"], group["betas"], group["eps"]) == (7e-4, (0.8, 0.97), 1e-6)
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}
