@@ -275,3 +275,26 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
     assert isinstance(info.value, (GPT2LabError, ValueError))
     with pytest.raises(SamplingError):
         next(generate_stream(tiny_gpt(), **args))
+
+
+def test_unseeded_sampling_neither_reads_nor_advances_the_global_rng():
+    model = tiny_gpt()
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a = model.generate(idx, 25)
+    b = model.generate(idx, 25)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(a, b)  # fresh entropy each call
+    torch.manual_seed(5)  # a reseeded global RNG does not make unseeded sampling repeat
+    assert not torch.equal(model.generate(idx, 25), a)
+
+
+def test_stream_yields_each_token_before_computing_the_next():
+    model = tiny_gpt()
+    forwards = []
+    model.transformer.ln_f.register_forward_hook(lambda module, args, out: forwards.append(out.size(1)))
+    seen = []
+    for tokens in model.generate_stream(torch.zeros(1, 5, dtype=torch.long), 4, seed=0):
+        seen.append(list(forwards))
+    assert seen == [[5], [5, 1], [5, 1, 1], [5, 1, 1, 1]]  # the prefill, then one cached position per token

@@ -208,7 +208,8 @@ class Crash(Exception):
 
 def test_resume_continues_the_global_rng_stream(tmp_path, monkeypatch):
     """Nothing in gpt2lab's own loop draws from the global RNG, but a user's model may (dropout in a fine-tuning
-    model, say): after a resume it must continue the uninterrupted run's stream, not restart from the seed."""
+    model, say): after a resume it must continue the uninterrupted run's stream, not restart from the seed.
+    (In-process, so the crash can come at an exact step; test_train_resume kills a real process.)"""
     data = write_dataset(tmp_path / "data")
     config = tiny_config(data, schedule__max_steps=8, checkpoint__every=4)
     draws = []
@@ -233,6 +234,9 @@ def test_resume_continues_the_global_rng_stream(tmp_path, monkeypatch):
     spy_micro_steps(monkeypatch, before_step=draw_like_dropout)
     train(config, tmp_path / "killed", resume=True, log=quiet)
 
+    # what the killed run logged after its checkpoint (steps 5 and 6) was dropped and redone: one record per step
+    assert [r["step"] for r in step_records(tmp_path / "killed")] == list(range(1, 9))
+    assert [r["loss"] for r in step_records(tmp_path / "killed")] == [r["loss"] for r in step_records(tmp_path / "straight")]
     assert len(straight) == 8 and len(draws) == 4
     assert not torch.equal(straight[0], straight[4])  # the stream does move: restarting it would show
     for step, (got, expected) in enumerate(zip(draws, straight[4:]), start=5):
@@ -333,3 +337,22 @@ def test_console_line_per_step_and_a_progress_bar_on_a_terminal(tmp_path, monkey
     train(tiny_config(data, schedule__max_steps=3), tmp_path / "quiet", progress=False)  # --no-progress
     assert "step      3/3" in capsys.readouterr().out
     assert "step/s" not in terminal.getvalue()[before:]
+
+
+# ---------------------------------------------------------------------------------------------- MFU
+
+
+def test_mfu_is_achieved_over_peak_flops_of_all_gpus(monkeypatch):
+    from gpt2lab.train import metrics as metrics_module
+
+    assert metrics_module.flops_per_token(124_000_000, 12, 768, 1024) == 6 * 124_000_000 + 6 * 12 * 768 * 1024
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert metrics_module.peak_flops(torch.device("cuda")) == 989e12
+    assert metrics_module.peak_flops(torch.device("cpu")) is None  # no MFU on CPUs
+    times = iter([10.0, 10.5])  # a step of half a second
+    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: next(times))
+    timer = metrics_module.StepTimer(torch.device("cpu"), flops_per_token=1e9, peak=100e12, world_size=8)
+    timer.start()
+    timing = timer.stop(tokens=524_288)
+    assert timing["tokens_per_s"] == pytest.approx(524_288 / 0.5) and timing["ms_per_step"] == pytest.approx(500)
+    assert timing["mfu"] == pytest.approx(524_288 / 0.5 * 1e9 / (100e12 * 8))
