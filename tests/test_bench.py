@@ -30,7 +30,8 @@ def assert_ratios_are_ours_over_theirs(report, printed):
 
     rows = {(r["impl"], r["dtype"], r["batch_size"]): r["tokens_per_s"] for r in report["results"]}
     for name, ratio in report["ratios"].items():
-        ours_dtype, impl, theirs_dtype, batch = re.fullmatch(r"gpt2lab (\S+) / (.+) (\S+) \(batch (\d+)\)", name).groups()
+        pattern = r"gpt2lab (\S+) / (.+) (\S+) \(batch (\d+)\)"
+        ours_dtype, impl, theirs_dtype, batch = re.fullmatch(pattern, name).groups()
         ours, theirs = rows[("gpt2lab", ours_dtype, int(batch))], rows[(impl, theirs_dtype, int(batch))]
         assert ratio == pytest.approx(ours / theirs, rel=1e-9), name
         assert f"ratio {name}: {ratio:.2f}x" in printed

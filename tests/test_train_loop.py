@@ -1,6 +1,7 @@
 """What the training loop really applies, watched from outside (in-process, tiny model): the scheduled LR is the one
 the optimizer steps with, clipping bounds the gradient the optimizer sees, the logged metrics are the values
-computed, the global RNG continues across a resume, and only the newest K checkpoints are kept.
+computed, the global RNG continues across a resume, only the newest K checkpoints are kept, bf16/fp16 autocast and
+runtime.compile take effect, and the console shows a line per step (and a bar on a terminal).
 
 Each test observes the optimizer through its public step hooks and the micro-steps by wrapping `train_step`: no
 seam in the trainer, so a feature computed and logged but not applied fails here.
@@ -236,7 +237,8 @@ def test_resume_continues_the_global_rng_stream(tmp_path, monkeypatch):
 
     # what the killed run logged after its checkpoint (steps 5 and 6) was dropped and redone: one record per step
     assert [r["step"] for r in step_records(tmp_path / "killed")] == list(range(1, 9))
-    assert [r["loss"] for r in step_records(tmp_path / "killed")] == [r["loss"] for r in step_records(tmp_path / "straight")]
+    resumed_losses = [r["loss"] for r in step_records(tmp_path / "killed")]
+    assert resumed_losses == [r["loss"] for r in step_records(tmp_path / "straight")]
     assert len(straight) == 8 and len(draws) == 4
     assert not torch.equal(straight[0], straight[4])  # the stream does move: restarting it would show
     for step, (got, expected) in enumerate(zip(draws, straight[4:]), start=5):
