@@ -152,6 +152,20 @@ def test_a_micro_batch_too_large_for_memory_is_refused_up_front(tmp_path, capsys
     assert run_main(capsys, "train", "--out", tmp_path / "ok", *cli_flags(data, schedule__max_steps=1)).returncode == 0
 
 
+def test_a_sample_count_too_large_for_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    from gpt2lab import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
+    data = write_dataset(tmp_path / "data")
+    refused = run_main(capsys, "train", "--out", tmp_path / "r",
+                       *cli_flags(data, eval__sample_every=1, eval__sample_count=100000))
+    one_line_error(refused, "eval.sample_count 100000 would need ~", "to sample during training")
+    assert not (tmp_path / "r").exists()
+    fits = run_main(capsys, "train", "--out", tmp_path / "ok",
+                    *cli_flags(data, schedule__max_steps=1, eval__sample_every=1, eval__sample_count=2))
+    assert fits.returncode == 0
+
+
 def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
     data = write_dataset(tmp_path / "data")
     run = tmp_path / "run"
