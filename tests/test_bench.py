@@ -20,7 +20,24 @@ def run_bench(tmp_path, capsys, *args):
         assert row["tokens_per_s"] > 0 and row["ms_per_iter"] > 0
     assert all(ratio > 0 for ratio in report["ratios"].values())
     assert "ratio gpt2lab" in printed  # the table, with its ratio lines
+    assert_ratios_are_ours_over_theirs(report, printed)
     return report
+
+
+def assert_ratios_are_ours_over_theirs(report, printed):
+    """Every ratio is gpt2lab's tokens/s over the alternative's at the same batch size, as printed."""
+    import re
+
+    rows = {(r["impl"], r["dtype"], r["batch_size"]): r["tokens_per_s"] for r in report["results"]}
+    for name, ratio in report["ratios"].items():
+        pattern = r"gpt2lab (\S+) / (.+) (\S+) \(batch (\d+)\)"
+        ours_dtype, impl, theirs_dtype, batch = re.fullmatch(pattern, name).groups()
+        ours, theirs = rows[("gpt2lab", ours_dtype, int(batch))], rows[(impl, theirs_dtype, int(batch))]
+        assert ratio == pytest.approx(ours / theirs, rel=1e-9), name
+        assert f"ratio {name}: {ratio:.2f}x" in printed
+    alternatives = {(impl, b) for impl, _, b in rows if impl != "gpt2lab"}
+    assert {(impl, int(b)) for impl, b in (re.search(r"/ (.+) \S+ \(batch (\d+)\)", n).groups()
+                                          for n in report["ratios"])} == alternatives
 
 
 def test_bench_train(tmp_path, capsys):

@@ -87,9 +87,10 @@ def test_round_trip_ours_to_transformers(tmp_path, cfg):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert_same_outputs(hf.eval(), ours, cfg["vocab_size"], seq=min(32, cfg["block_size"]))
     # and back: ours -> HF dir -> ours is exact
-    again = load_model(tmp_path)
-    for (name, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
-        assert torch.equal(a, b), name
+    before, after = ours.state_dict(), load_model(tmp_path).state_dict()
+    assert after.keys() == before.keys()  # the same names (and so the same number), not just the same order
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype and torch.equal(after[name], tensor), name
 
 
 def test_round_trip_transformers_to_ours_to_transformers(tmp_path):
@@ -252,7 +253,9 @@ def test_gelu_pytorch_tanh_is_accepted(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["activation_function"] = "gelu_pytorch_tanh"
     (tmp_path / "config.json").write_text(json.dumps(config))
-    load_model(tmp_path)
+    idx = torch.randint(0, ODD["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path)(idx)[0], tiny_gpt()(idx)[0])  # loaded, and the same model
 
 
 def test_unknown_hub_id_offline(monkeypatch, tmp_path):
@@ -302,3 +305,51 @@ def test_cached_hub_model_loads_without_network(tmp_path, offline):
     proc = run_cli("inspect", "someone/tiny", env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "n_layer" in proc.stdout and proc.stderr == ""
+
+
+def test_released_names_resolve_to_openai_community_in_the_hf_cache(tmp_path, monkeypatch):
+    """`gpt2` means the hub repository openai-community/gpt2: a model already in the standard HF cache (as a
+    download leaves it) loads offline under that name, with its weights."""
+    from huggingface_hub import constants
+
+    model = tiny_gpt(seed=11)
+    model.save_pretrained(tmp_path / "saved")
+    repo = tmp_path / "hub" / "models--openai-community--gpt2"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (repo / "snapshots" / commit / name).write_bytes((tmp_path / "saved" / name).read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    loaded = load_model("gpt2")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ModelNotFoundError):  # the other sizes are other repositories, not in this cache
+        load_model("gpt2-medium")
+
+
+def test_a_save_that_dies_half_way_leaves_the_previous_weights(tmp_path, monkeypatch):
+    """Ctrl-C after half of model.safetensors was written: the previous file is still there, whole."""
+    import safetensors.torch
+
+    tiny_gpt().save_pretrained(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    real_save = safetensors.torch.save_file
+
+    def half_then_interrupt(tensors, filename, *args, **kwargs):
+        real_save(tensors, filename, *args, **kwargs)
+        data = open(filename, "rb").read()
+        with open(filename, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_gpt(seed=1).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(load_model(tmp_path).transformer.wte.weight, tiny_gpt().transformer.wte.weight)

@@ -195,3 +195,71 @@ def test_disk_full_removes_the_temporary_shard_and_a_rerun_resumes(tmp_path, mon
     prepare(config, log=logs.append)
     assert logs[0].startswith("resuming")
     assert documents_of(out, "train") == TEXTS
+
+
+def test_manifest_describes_each_shard_exactly(tmp_path):
+    """Per shard: sha256 of the file's bytes, its token count (2 bytes each), its documents (one EOT each)."""
+    import hashlib
+
+    corpus = write_txt_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    manifest = prepare(PrepareConfig([str(corpus)], str(out), shard_size=40, val_docs=2, progress=False), log=quiet)
+    eot = get_tokenizer().eot_token
+    shards = [s for split in ("train", "val") for s in manifest["splits"][split]]
+    assert len(shards) > 3
+    for shard in shards:
+        data = (out / shard["file"]).read_bytes()
+        assert shard["sha256"] == hashlib.sha256(data).hexdigest(), shard["file"]
+        tokens = np.frombuffer(data, dtype="<u2")
+        assert shard["tokens"] == len(tokens) and shard["documents"] == int((tokens == eot).sum()) > 0
+
+
+def test_resume_does_not_trust_a_finished_shard_that_changed(tmp_path, monkeypatch):
+    """A shard damaged after an interrupted prepare (same size, other bytes) is caught by its sha256: the rerun
+    starts over and gives what an uninterrupted prepare gives."""
+    corpus = write_txt_corpus(tmp_path / "c")
+    real_open = ShardWriter._open
+    budget = {"room": 300}
+
+    def open_on_small_disk(self):
+        real_open(self)
+        self._file = FullDisk(self._file, budget)
+
+    monkeypatch.setattr(ShardWriter, "_open", open_on_small_disk)
+    out = tmp_path / "o"
+    config = PrepareConfig([str(corpus)], str(out), shard_size=30, val_docs=0, progress=False)
+    with pytest.raises(DataError, match="disk full"):
+        prepare(config, log=quiet)
+    monkeypatch.setattr(ShardWriter, "_open", real_open)
+    first = out / "train_000000.bin"
+    data = bytearray(first.read_bytes())
+    data[2:4] = bytes(data[4:6])  # the second token replaced by the third: same size
+    first.write_bytes(bytes(data))
+    logs = []
+    manifest = prepare(config, log=logs.append)
+    assert not any(line.startswith("resuming") for line in logs)
+    assert documents_of(out, "train") == TEXTS
+    fresh = prepare(PrepareConfig([str(corpus)], str(tmp_path / "fresh"), shard_size=30, val_docs=0,
+                                  progress=False), log=quiet)
+    assert manifest["splits"] == fresh["splits"]
+
+
+def test_a_shard_has_its_final_name_only_once_complete(tmp_path, monkeypatch):
+    """Watched after every write: each train_/val_ file in the output is a finished shard (the one being
+    written is under a temporary name)."""
+    corpus = write_txt_corpus(tmp_path / "c")
+    out = tmp_path / "o"
+    real_write = ShardWriter._write
+    checked = []
+
+    def write_and_look(self, documents):
+        real_write(self, documents)
+        finished = {s["file"] for s in self.shards}
+        named = {p.name for p in out.glob(f"{self.split}_*.bin")}
+        assert named <= finished, f"{sorted(named - finished)} is visible before it is complete"
+        checked.append(len(documents))
+
+    monkeypatch.setattr(ShardWriter, "_write", write_and_look)
+    prepare(PrepareConfig([str(corpus)], str(out), shard_size=30, val_docs=1, progress=False), log=quiet)
+    assert sum(checked) == len(TEXTS)
+    assert len(list(out.glob("train_*.bin"))) > 2

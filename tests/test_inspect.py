@@ -82,3 +82,41 @@ def test_plots_pointing_at_a_file_is_a_one_line_error(tiny_model_dir, tmp_path, 
     with pytest.raises(InspectError, match="is a file"):  # the library checks too
         write_plots(tiny_gpt(), target)
     assert target.read_text() == "not a directory"
+
+
+def test_every_row_shows_the_tensors_dtype_and_parameter_count():
+    model = tiny_gpt().to(torch.bfloat16)
+    lines = format_report(model).splitlines()
+    for key, tensor in model.state_dict().items():
+        row = next(line for line in lines if line.split()[:1] == [key])
+        assert "bfloat16" in row and "float32" not in row, row
+        if key != "lm_head.weight":  # the tied one shows what it is tied to instead
+            assert row.split()[-1] == f"{tensor.numel():,}", row
+    assert "  block_size           37" in lines and "  n_head               3" in lines  # the config
+    assert sum(int(line.split()[-1].replace(",", "")) for line in lines
+               if line.split()[:1] and line.split()[0].startswith("transformer.")) == model.num_parameters()
+
+
+def test_plots_draw_wpe_its_channels_and_the_first_attention_block(tmp_path, monkeypatch):
+    import numpy as np
+
+    from gpt2lab import weights_report
+
+    figures = {}
+    real_save = weights_report._save
+
+    def save(fig, path):  # keep each figure to look at what it shows
+        figures[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(weights_report, "_save", save)
+    model = tiny_gpt(seed=5)
+    write_plots(model, tmp_path, channels=[3, 40])
+    wpe = model.transformer.wpe.weight.detach().numpy()
+    (image,) = figures["wpe.png"].axes[0].get_images()
+    assert np.array_equal(image.get_array(), wpe)
+    curves = figures["wpe_channels.png"].axes[0].get_lines()
+    assert [line.get_label() for line in curves] == ["channel 3", "channel 40"]
+    assert all(np.array_equal(line.get_ydata(), wpe[:, c]) for line, c in zip(curves, (3, 40)))
+    (block,) = figures["h0_attn_c_attn_weight.png"].axes[0].get_images()
+    assert np.array_equal(block.get_array(), model.transformer.h[0].attn.c_attn.weight.detach().numpy())  # 48 x 144

@@ -107,3 +107,45 @@ def test_decoding_matmul_split_over_threads_equals_addmm(rows, contiguous):
         assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+def test_gelu_is_the_tanh_approximation_at_trained_model_magnitudes(tmp_path):
+    """At random init the MLP's pre-activations are ~0.14, where exact GELU and its tanh approximation agree to
+    ~1e-8: parity there cannot tell them apart. Scale c_fc so they are O(1..3), as in a trained GPT-2, and
+    compare with transformers in float64, where the only differences left are rounding (~1e-15) while exact
+    GELU differs by ~1e-4."""
+    import torch.nn.functional as F
+
+    from tests.conftest import hf_gpt2
+
+    hf = hf_gpt2(seed=4).double()
+    with torch.no_grad():
+        for block in hf.transformer.h:
+            block.mlp.c_fc.weight.mul_(12)
+            block.mlp.c_proj.weight.mul_(12)
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(tmp_path, dtype=torch.float64)
+    idx = torch.randint(0, ODD["vocab_size"], (2, ODD["block_size"]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        block = ours.transformer.h[0]
+        x = ours.transformer.wte(idx) + ours.transformer.wpe(torch.arange(idx.size(1)))
+        pre = block.mlp.c_fc(block.ln_2(x + block.attn(block.ln_1(x))))
+        expected, got = hf(idx).logits, ours(idx)[0]
+    assert 1.0 < pre.std() < 3.0 and pre.abs().max() > 4.0  # the range where the two GELUs differ most
+    assert (F.gelu(pre) - F.gelu(pre, approximate="tanh")).abs().max() > 1e-4
+    assert (got - expected).abs().max().item() < 1e-10
+
+
+def test_kv_cache_takes_several_tokens_after_a_cached_prefix():
+    """A chunk of new tokens after a cached prefix (the masked branch of attention: query i sees keys up to
+    prefix + i), as when a prompt is fed in pieces; decoding itself only feeds the prompt, then one token."""
+    from gpt2lab.model import KVCache
+
+    model = tiny_gpt(seed=3)
+    idx = torch.randint(0, ODD["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(model.config, batch_size=2)
+        pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 7), (7, 8), (8, 15), (15, 20))]
+    assert cache.pos == 20
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)

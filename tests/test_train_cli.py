@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli
 from gpt2lab.cli import main
@@ -133,7 +134,9 @@ def test_bad_inputs_in_process(tmp_path, capsys):
         schedule__max_steps=6))
     one_line_error(result, "loss became nan", "at step 2", "step_00000001")
     assert RunDirectory(diverging).latest_checkpoint().name == "step_00000001"  # the last good one is kept...
-    assert load_model(diverging)  # ... and loads
+    kept = load_model(diverging).state_dict()  # ... and loads, with the weights of step 1: finite, trained
+    assert all(torch.isfinite(t).all() for t in kept.values())
+    assert float(kept["transformer.h.0.mlp.c_fc.bias"].abs().max()) > 1e20  # moved by one step of lr 1e30
     assert max(losses(diverging)) == 1  # the NaN step was not logged as if it were a result
 
 
@@ -150,6 +153,20 @@ def test_a_micro_batch_too_large_for_memory_is_refused_up_front(tmp_path, capsys
     assert run_main(capsys, "train", "--out", tmp_path / "ok", *cli_flags(data, schedule__max_steps=1)).returncode == 0
 
 
+def test_a_sample_count_too_large_for_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    from gpt2lab import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
+    data = write_dataset(tmp_path / "data")
+    refused = run_main(capsys, "train", "--out", tmp_path / "r",
+                       *cli_flags(data, eval__sample_every=1, eval__sample_count=100000))
+    one_line_error(refused, "eval.sample_count 100000 would need ~", "to sample during training")
+    assert not (tmp_path / "r").exists()
+    fits = run_main(capsys, "train", "--out", tmp_path / "ok",
+                    *cli_flags(data, schedule__max_steps=1, eval__sample_every=1, eval__sample_count=2))
+    assert fits.returncode == 0
+
+
 def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
     data = write_dataset(tmp_path / "data")
     run = tmp_path / "run"
@@ -163,3 +180,46 @@ def test_init_fine_tunes_a_saved_model(tmp_path, tiny_model_dir, capsys):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(RunDirectory(run).latest_checkpoint()).encode("Hello, world") == [15496, 11, 995]
+
+
+def test_plot_draws_every_run_and_the_gpt2_baselines(tmp_path, monkeypatch, capsys):
+    """The figure itself, caught as it is saved: each run's train and val curves with its logged values, and the
+    dashed GPT-2 124M baselines (val loss 3.2924; HellaSwag acc_norm 0.2955 and GPT-3's 0.337)."""
+    from matplotlib.figure import Figure
+
+    runs = []
+    for i, name in enumerate(("alpha", "beta")):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"step": s, "loss": 10.0 - s - i} for s in range(1, 5)] + [
+            {"step": 4, "val_loss": 5.5 - i}, {"step": 4, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26 + i / 100}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(run)
+    figures = []
+    real_savefig = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+    def curves(axis):
+        return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axis.get_lines()}
+
+    def flat(axis):  # horizontal lines: their y value
+        return sorted({round(ys[0], 4) for xs, ys in curves(axis).values() if len(set(ys)) == 1 and len(ys) == 2})
+
+    assert main(["plot", *map(str, runs), "--out", str(tmp_path / "both.png")]) == 0
+    loss_axis, hellaswag_axis = figures[-1].axes
+    drawn = curves(loss_axis)
+    assert drawn["alpha train"] == ([1, 2, 3, 4], [9.0, 8.0, 7.0, 6.0])
+    assert drawn["beta train"] == ([1, 2, 3, 4], [8.0, 7.0, 6.0, 5.0])
+    assert drawn["alpha val"] == ([4], [5.5]) and drawn["beta val"] == ([4], [4.5])
+    assert flat(loss_axis) == [3.2924]
+    assert curves(hellaswag_axis)["beta acc_norm"] == ([4], [0.27])
+    assert flat(hellaswag_axis) == [0.2955, 0.337]
+
+    assert main(["plot", *map(str, runs), "--out", str(tmp_path / "bare.png"), "--no-baselines"]) == 0
+    assert [flat(axis) for axis in figures[-1].axes] == [[], []]
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,6 +55,7 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(runs):
     tmp, _ = runs
     assert_same_losses(tmp / "ddp", tmp / "single")
     a, b = load_model(tmp / "single").state_dict(), load_model(tmp / "ddp").state_dict()
+    assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
     # the rank-1 loader position and RNG are in the checkpoint too
@@ -72,3 +73,59 @@ def test_resume_with_another_number_of_processes_continues_the_same_stream(runs)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "step_00000003" in result.stdout and f"process count changed: {change}" in result.stdout
         assert_same_losses(tmp / resumed, tmp / saved)  # steps 4-6 as the uninterrupted run computed them
+
+
+def test_gradients_are_all_reduced_only_on_the_last_micro_step(tmp_path):
+    """In-process, one gloo rank: a DDP communication hook counts the all-reduces of each micro-step. Syncing on
+    every micro-step would give the same numbers (only slower), so only counting can tell."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from gpt2lab.model import GPT, GPTConfig
+    from gpt2lab.train.trainer import train_step
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = DDP(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128)))
+        synced_at, current = [], {"micro_step": None}
+
+        def count_all_reduce(state, bucket):
+            synced_at.append(current["micro_step"])
+            future = torch.futures.Future()
+            future.set_result(bucket.buffer())  # one rank: the "average" is the gradient itself
+            return future
+
+        model.register_comm_hook(None, count_all_reduce)
+        x, y = torch.randint(0, 128, (8, 16)), torch.randint(0, 128, (8, 16))
+
+        def batches():
+            for micro_step in range(4):
+                current["micro_step"] = micro_step
+                yield x[2 * micro_step: 2 * micro_step + 2], y[2 * micro_step: 2 * micro_step + 2]
+
+        train_step(model, batches(), 4, None, None, torch.device("cpu"), ddp=True)
+        assert synced_at and set(synced_at) == {3}  # the last micro-step only (once per gradient bucket)
+        assert all(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("cuda", "nccl")])
+def test_torchrun_processes_join_with_nccl_on_gpus_and_gloo_on_cpus(monkeypatch, device, backend):
+    """The set-up a torchrun worker does (rank 1 of 2), with the collective and CUDA calls recorded, not made."""
+    from gpt2lab import distributed
+
+    calls = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(f"cuda:{index}"))
+    ctx = distributed.setup(torch.device(device))
+    assert (ctx.rank, ctx.local_rank, ctx.world_size, ctx.is_main) == (1, 1, 2, False)
+    assert calls == ([backend] if device == "cpu" else ["cuda:1", backend])
+    expected_device = torch.device("cuda", 1) if device == "cuda" else torch.device("cpu")  # the GPU of LOCAL_RANK
+    assert distributed.process_device(torch.device(device), ctx) == expected_device

@@ -47,7 +47,7 @@ def test_sigkilled_run_resumes_bit_identically(tmp_path):
     assert sorted(got) == list(range(1, 21))  # the steps logged after the last checkpoint were dropped and redone
     assert got == expected  # bit for bit: floats compared exactly
     a, b = load_model(straight).state_dict(), load_model(killed).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # running it again once complete does nothing and succeeds (the demo script relies on this)
     again = run_cli("train", "--out", killed, "--resume", *flags)
     assert again.returncode == 0 and "already complete" in again.stdout
@@ -78,7 +78,10 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     leftovers = [p.name for p in (run / "checkpoints").iterdir()]
     assert any(name.startswith(".tmp-step_00000008") for name in leftovers)  # the half-written one
     assert RunDirectory(run).latest_checkpoint().name == "step_00000004"  # ... is invisible; the previous one is intact
-    load_model(run)  # and usable
+    kept = load_model(run).state_dict()  # and usable: the step-4 weights, complete and finite
+    expected = load_model(run / "checkpoints" / "step_00000004").state_dict()
+    assert kept.keys() == expected.keys()
+    assert all(torch.equal(kept[k], expected[k]) and torch.isfinite(kept[k]).all() for k in kept)
 
     resumed = run_cli("train", "--out", run, "--resume", *flags)
     assert resumed.returncode == 0, resumed.stderr

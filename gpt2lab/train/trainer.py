@@ -221,13 +221,18 @@ class Trainer:
         killer ends it, or something else). A GPU reports its own out-of-memory error, so it is not checked."""
         if self.device.type != "cpu":
             return
-        d = self.config.data
-        per_process = memory.forward_bytes(self.raw_model.config, d.batch_size, d.seq_len, training=True,
+        data, samples, arch = self.config.data, self.config.eval, self.raw_model.config
+        per_process = memory.forward_bytes(arch, data.batch_size, data.seq_len, training=True,
                                            bytes_per_value=(self.amp_dtype or torch.float32).itemsize)
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: each process on this machine has one
-        shape = f"x data.seq_len {d.seq_len}" + (f", x {processes} processes here" if processes > 1 else "")
-        memory.check_fits(f"data.batch_size {d.batch_size} ({shape})", per_process * processes, self.device,
+        shape = f"x data.seq_len {data.seq_len}" + (f", x {processes} processes here" if processes > 1 else "")
+        memory.check_fits(f"data.batch_size {data.batch_size} ({shape})", per_process * processes, self.device,
                           "for one training micro-step")
+        if samples.sample_every and samples.sample_count:  # rank 0 samples all of them in one batch
+            sampling = memory.forward_bytes(arch, samples.sample_count, arch.block_size, scored=1,
+                                            cached=arch.block_size)
+            memory.check_fits(f"eval.sample_count {samples.sample_count}", sampling, self.device,
+                              "to sample during training")
 
     def _make_checkpointer(self) -> Checkpointer:
         """The trainer's pieces of state, by name: with the weights and each process's RNG (which the checkpointer

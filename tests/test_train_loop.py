@@ -1,0 +1,361 @@
+"""What the training loop really applies, watched from outside (in-process, tiny model): the scheduled LR is the one
+the optimizer steps with, clipping bounds the gradient the optimizer sees, the logged metrics are the values
+computed, the global RNG continues across a resume, only the newest K checkpoints are kept, bf16/fp16 autocast and
+runtime.compile take effect, and the console shows a line per step (and a bar on a terminal).
+
+Each test observes the optimizer through its public step hooks and the micro-steps by wrapping `train_step`: no
+seam in the trainer, so a feature computed and logged but not applied fails here.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gpt2lab.data import TokenLoader
+from gpt2lab.eval import hellaswag
+from gpt2lab.model import GPT, GPTConfig, load_model
+from gpt2lab.run_directory import RunDirectory
+from gpt2lab.train import trainer as trainer_module
+from gpt2lab.train import train
+from gpt2lab.train.optim import lr_at
+from train_utils import tiny_config, write_dataset
+
+
+REAL_TRAIN_STEP = trainer_module.train_step
+
+
+def quiet(line):
+    pass
+
+
+def grad_norm(params) -> float:
+    """The total gradient norm as clip_grad_norm_ computes it (float32 norms of the tensors, then their norm)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return float(torch.stack([g.norm() for g in grads]).norm())
+
+
+class OptimizerSpy:
+    """Records, at every optimizer step, each group's LR, the norm of the gradients it is about to apply, and
+    (after the step) the largest change of a parameter that has no weight decay."""
+
+    def __init__(self, monkeypatch):
+        self.steps = []
+        real = trainer_module.make_optimizer
+
+        def make_optimizer(model, optim, device):
+            optimizer = real(model, optim, device)
+            optimizer.register_step_pre_hook(self._before)
+            optimizer.register_step_post_hook(self._after)
+            return optimizer
+
+        monkeypatch.setattr(trainer_module, "make_optimizer", make_optimizer)
+
+    def _before(self, optimizer, args, kwargs):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        no_decay = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+        self._old = [p.detach().clone() for p in no_decay]
+        self.steps.append({"lr": [g["lr"] for g in optimizer.param_groups], "applied_norm": grad_norm(params)})
+
+    def _after(self, optimizer, args, kwargs):
+        no_decay = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+        self.steps[-1]["max_change"] = max(float((p.detach() - old).abs().max()) for p, old in zip(no_decay, self._old))
+
+
+def spy_micro_steps(monkeypatch, before_step=None):
+    """Wrap trainer.train_step; returns the list of gradient norms right after each step's backward passes."""
+    norms = []
+    real = REAL_TRAIN_STEP
+
+    def train_step(model, *args, **kwargs):
+        if before_step is not None:
+            before_step(len(norms))
+        loss = real(model, *args, **kwargs)
+        norms.append(grad_norm(model.parameters()))
+        return loss
+
+    monkeypatch.setattr(trainer_module, "train_step", train_step)
+    return norms
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_records(run_dir) -> list[dict]:
+    return [r for r in metrics(run_dir) if "loss" in r]
+
+
+# ---------------------------------------------------------------------------------------------- LR schedule
+
+
+def test_the_optimizer_steps_with_the_scheduled_lr(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data")
+    spy = OptimizerSpy(monkeypatch)
+    config = tiny_config(data, schedule__max_steps=8, schedule__warmup_steps=3, optim__lr=3e-3, optim__min_lr=3e-4)
+    train(config, tmp_path / "run", log=quiet)
+
+    expected = [lr_at(i, config.optim, config.schedule) for i in range(8)]
+    assert len(set(expected)) == 8  # warmup and cosine: every step a different LR
+    assert [s["lr"] for s in spy.steps] == [[lr, lr] for lr in expected]  # both groups, every step
+    assert [r["lr"] for r in step_records(tmp_path / "run")] == expected  # what is logged is what was applied
+    # and the optimizer really moves by it: Adam's first update is lr * g / (|g| + eps), i.e. lr for any
+    # parameter with a gradient well above eps (the no-decay group: biases and LayerNorm gains)
+    assert spy.steps[0]["max_change"] == pytest.approx(expected[0], rel=1e-3)
+    assert expected[0] == pytest.approx(config.optim.lr / 3)  # a third of the peak, not the peak
+
+
+# ---------------------------------------------------------------------------------------------- clipping
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.0, 1e6], ids=["clipping", "off", "above-the-norm"])
+def test_clipping_bounds_the_gradient_the_optimizer_applies(tmp_path, monkeypatch, clip):
+    data = write_dataset(tmp_path / "data")
+    spy = OptimizerSpy(monkeypatch)
+    raw_norms = spy_micro_steps(monkeypatch)
+    train(tiny_config(data, schedule__max_steps=4, optim__grad_clip=clip), tmp_path / "run", log=quiet)
+
+    logged = [r["grad_norm"] for r in step_records(tmp_path / "run")]
+    applied = [s["applied_norm"] for s in spy.steps]
+    assert len(raw_norms) == len(logged) == len(applied) == 4
+    assert logged == pytest.approx(raw_norms, rel=1e-5)  # the log shows the norm before clipping
+    assert min(raw_norms) > 0.05 * 10  # so a clip of 0.05 has real work to do
+    if clip == 0.05:
+        assert applied == pytest.approx([clip] * 4, rel=1e-3)
+    else:  # no clipping (0 = off) or a limit above the norm: the gradient is applied as computed
+        assert applied == pytest.approx(raw_norms, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- logged metrics
+
+
+def write_hellaswag(path, n=12):
+    """Ending 0 is one word, the others four, and it is always the right one: the summed loss (acc) favours the
+    short ending, the mean (acc_norm) does not, so acc and acc_norm differ and swapping them shows."""
+    words = "the a man dog runs into water ball kitchen then and snow skis camera smiles slowly".split()
+    pick = lambda k: words[k % len(words)]  # noqa: E731
+    rows = [{"ctx": f"{pick(i).capitalize()} {pick(5 * i + 1)}",
+             "endings": [pick(i + 2) + "."] + [" ".join(pick(3 * i + 4 * k + j) for j in range(4)) + "."
+                                               for k in range(1, 4)],
+             "label": 0} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_logged_metrics_are_the_values_computed(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    examples_file = write_hellaswag(tmp_path / "hellaswag.jsonl")
+    run = tmp_path / "run"
+    # 2 x 16 tokens per micro-batch, 64 per step: 2 micro-steps, so the logged loss is a mean of two
+    config = tiny_config(data, data__batch_size=2, schedule__max_steps=4, eval__val_every=2, eval__val_batches=3,
+                         eval__hellaswag_every=4, eval__hellaswag_data=examples_file, checkpoint__every=2,
+                         checkpoint__keep=5)
+    train(config, run, log=quiet)
+    records = metrics(run)
+    steps = step_records(run)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert {"step", "loss", "lr", "grad_norm", "ms_per_step", "tokens_per_s"} <= set(r)
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("loss", "lr", "grad_norm", "ms_per_step"))
+        assert r["tokens_per_s"] * r["ms_per_step"] / 1000 == pytest.approx(64, rel=1e-6)  # tokens of one step
+
+    # step 1's loss: the initial model's mean loss over the step's two micro-batches, from the same loader
+    d = config.data
+    torch.manual_seed(config.runtime.seed)
+    m = config.model
+    initial = GPT(GPTConfig(block_size=m.block_size, vocab_size=m.vocab_size, n_layer=m.n_layer, n_head=m.n_head,
+                            n_embd=m.n_embd))
+    loader = TokenLoader(d.dir, "train", d.batch_size, d.seq_len, 0, 1, d.seed, d.shuffle)
+    with torch.no_grad():
+        micro = [initial(*loader.next_batch())[1].item() for _ in range(2)]
+    assert steps[0]["loss"] == pytest.approx(sum(micro) / 2, rel=1e-5)
+
+    # val_loss at steps 2 and 4: that checkpoint's mean loss over the first val_batches batches of the val split,
+    # the same batches every time
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert sorted(val) == [2, 4]
+    for step, value in val.items():
+        model = load_model(run / "checkpoints" / f"step_{step:08d}")
+        loader = TokenLoader(d.dir, "val", d.batch_size, d.seq_len, 0, 1, d.seed, shuffle=False)
+        with torch.no_grad():
+            expected = sum(model(*loader.next_batch())[1].item() for _ in range(3)) / 3
+        assert value == pytest.approx(expected, rel=1e-5), step
+
+    # HellaSwag at step 4: what `gpt2lab eval` computes for that checkpoint
+    (logged,) = [r for r in records if "hellaswag_acc" in r]
+    result = hellaswag.evaluate(load_model(run / "checkpoints" / "step_00000004"),
+                                hellaswag.load_examples(examples_file))
+    assert logged["step"] == 4
+    assert result.acc != result.acc_norm  # otherwise swapping them would go unnoticed
+    assert (logged["hellaswag_acc"], logged["hellaswag_acc_norm"]) == (result.acc, result.acc_norm)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_only_the_newest_k_checkpoints_are_kept(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    train(tiny_config(data, schedule__max_steps=7, checkpoint__every=2, checkpoint__keep=2), tmp_path / "run",
+          log=quiet)
+    assert [step for step, _ in RunDirectory(tmp_path / "run").checkpoints()] == [6, 7]  # 2 and 4 were pruned
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000006", "step_00000007"]
+
+
+class Crash(Exception):
+    """Stands in for a kill -9 between two steps."""
+
+
+def test_resume_continues_the_global_rng_stream(tmp_path, monkeypatch):
+    """Nothing in gpt2lab's own loop draws from the global RNG, but a user's model may (dropout in a fine-tuning
+    model, say): after a resume it must continue the uninterrupted run's stream, not restart from the seed.
+    (In-process, so the crash can come at an exact step; test_train_resume kills a real process.)"""
+    data = write_dataset(tmp_path / "data")
+    config = tiny_config(data, schedule__max_steps=8, checkpoint__every=4)
+    draws = []
+
+    def draw_like_dropout(step_index):
+        draws.append(torch.rand(4))  # from the global RNG, as nn.Dropout does
+
+    spy_micro_steps(monkeypatch, before_step=draw_like_dropout)
+    train(config, tmp_path / "straight", log=quiet)
+    straight, draws[:] = list(draws), []
+
+    def crash_at_step_7(step_index):
+        if step_index == 6:
+            raise Crash
+        draw_like_dropout(step_index)
+
+    spy_micro_steps(monkeypatch, before_step=crash_at_step_7)
+    with pytest.raises(Crash):
+        train(config, tmp_path / "killed", log=quiet)
+    assert [step for step, _ in RunDirectory(tmp_path / "killed").checkpoints()] == [4]
+    draws[:] = []
+    spy_micro_steps(monkeypatch, before_step=draw_like_dropout)
+    train(config, tmp_path / "killed", resume=True, log=quiet)
+
+    # what the killed run logged after its checkpoint (steps 5 and 6) was dropped and redone: one record per step
+    assert [r["step"] for r in step_records(tmp_path / "killed")] == list(range(1, 9))
+    resumed_losses = [r["loss"] for r in step_records(tmp_path / "killed")]
+    assert resumed_losses == [r["loss"] for r in step_records(tmp_path / "straight")]
+    assert len(straight) == 8 and len(draws) == 4
+    assert not torch.equal(straight[0], straight[4])  # the stream does move: restarting it would show
+    for step, (got, expected) in enumerate(zip(draws, straight[4:]), start=5):
+        assert torch.equal(got, expected), f"step {step}: the resumed run drew other random numbers"
+
+
+# ---------------------------------------------------------------------------------------------- precision, compile
+
+
+def test_autocast_precisions_run_the_forward_in_that_dtype_and_fp16_unscales(tmp_path, monkeypatch):
+    """bf16 / fp16 autocast on the CPU (the code path GPUs take): the logits come out in that dtype, and the
+    logged loss and gradient norm stay those of fp32; fp16's GradScaler is unscaled before clipping (else the
+    norm would read 65,536 times too large) and its state goes into the checkpoint."""
+    data = write_dataset(tmp_path / "data")
+    seen = {}
+
+    def run(precision):
+        logits_dtypes = seen.setdefault(precision, set())
+        real = REAL_TRAIN_STEP
+
+        def train_step(model, *args, **kwargs):
+            handle = model.lm_head.register_forward_hook(lambda m, i, out: logits_dtypes.add(out.dtype))
+            try:
+                return real(model, *args, **kwargs)
+            finally:
+                handle.remove()
+
+        monkeypatch.setattr(trainer_module, "train_step", train_step)
+        run_dir = tmp_path / precision
+        train(tiny_config(data, schedule__max_steps=3, runtime__precision=precision), run_dir, log=quiet)
+        state = torch.load(run_dir / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
+        return step_records(run_dir), state
+
+    reference, fp32_state = run("fp32")
+    assert seen["fp32"] == {torch.float32} and not fp32_state["scaler"]
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        records, state = run(precision)
+        assert seen[precision] == {dtype}, precision
+        for got, expected in zip(records, reference):
+            assert got["loss"] == pytest.approx(expected["loss"], rel=1e-3), precision
+            assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=2e-2), precision
+        assert bool(state["scaler"]) == (precision == "fp16"), precision
+    assert state["scaler"]["scale"] > 1  # fp16: the loss really was scaled
+
+
+def test_runtime_compile_trains_through_the_compiled_module(tmp_path, monkeypatch):
+    """runtime.compile: the training forward passes go through what torch.compile returned (faked here: real
+    compilation takes a minute on a CPU), while evaluation and checkpoints use the plain module."""
+    data = write_dataset(tmp_path / "data")
+    compiled = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod, self.calls = module, 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self._orig_mod(*args, **kwargs)
+
+    def fake_compile(module, *args, **kwargs):
+        compiled.append(Compiled(module))
+        return compiled[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    # 2 micro-steps per step, 3 steps, validation at the end
+    train(tiny_config(data, data__batch_size=2, schedule__max_steps=3, eval__val_every=3, runtime__compile="true"),
+          tmp_path / "run", log=quiet)
+    assert len(compiled) == 1 and compiled[0].calls == 3 * 2
+    assert load_model(tmp_path / "run").state_dict().keys() == compiled[0]._orig_mod.state_dict().keys()
+
+    compiled.clear()
+    train(tiny_config(data, schedule__max_steps=1), tmp_path / "plain", log=quiet)
+    assert compiled == []  # off by default
+
+
+# ---------------------------------------------------------------------------------------------- console
+
+
+def test_console_line_per_step_and_a_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    data = write_dataset(tmp_path / "data")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(tiny_config(data, schedule__max_steps=3), tmp_path / "run")
+    out = capsys.readouterr().out
+    for step, record in enumerate(step_records(tmp_path / "run"), start=1):
+        assert f"step {step:>6}/3 | loss {record['loss']:.4f} | lr {record['lr']:.2e} | " in out
+    # tqdm's bar on stderr, counting to 3 (which redraws show depends on timing: tqdm skips some within 0.1 s)
+    assert "/3 [" in terminal.getvalue() and "step/s" in terminal.getvalue()
+
+    before = len(terminal.getvalue())
+    train(tiny_config(data, schedule__max_steps=3), tmp_path / "quiet", progress=False)  # --no-progress
+    assert "step      3/3" in capsys.readouterr().out
+    assert "step/s" not in terminal.getvalue()[before:]
+
+
+# ---------------------------------------------------------------------------------------------- MFU
+
+
+def test_mfu_is_achieved_over_peak_flops_of_all_gpus(monkeypatch):
+    from gpt2lab import perf
+    from gpt2lab.train import metrics as metrics_module
+
+    assert perf.flops_per_token(124_000_000, 12, 768, 1024) == 6 * 124_000_000 + 6 * 12 * 768 * 1024
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert perf.peak_flops(torch.device("cuda")) == 989e12
+    assert perf.peak_flops(torch.device("cpu")) is None  # no MFU on CPUs
+    times = iter([10.0, 10.5])  # a step of half a second
+    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: next(times))
+    timer = metrics_module.StepTimer(torch.device("cpu"), flops_per_token=1e9, peak=100e12, world_size=8)
+    timer.start()
+    timing = timer.stop(tokens=524_288)
+    assert timing["tokens_per_s"] == pytest.approx(524_288 / 0.5) and timing["ms_per_step"] == pytest.approx(500)
+    assert timing["mfu"] == pytest.approx(524_288 / 0.5 * 1e9 / (100e12 * 8))
