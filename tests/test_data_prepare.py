@@ -3,6 +3,8 @@
 import errno
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -172,7 +174,8 @@ class FullDisk:
         return getattr(self.file, name)
 
 
-def test_disk_full_removes_the_temporary_shard_and_a_rerun_resumes(tmp_path, monkeypatch):
+def prepare_until_the_disk_fills(tmp_path, monkeypatch):
+    """A prepare whose disk fills up after 300 bytes of shards; returns its config, with the disk restored."""
     corpus = write_txt_corpus(tmp_path / "c")
     real_open = ShardWriter._open
     budget = {"room": 300}
@@ -182,15 +185,20 @@ def test_disk_full_removes_the_temporary_shard_and_a_rerun_resumes(tmp_path, mon
         self._file = FullDisk(self._file, budget)
 
     monkeypatch.setattr(ShardWriter, "_open", open_on_small_disk)
-    out = tmp_path / "o"
-    config = PrepareConfig([str(corpus)], str(out), shard_size=30, val_docs=0, progress=False)
+    config = PrepareConfig([str(corpus)], str(tmp_path / "o"), shard_size=30, val_docs=0, progress=False)
     with pytest.raises(DataError, match="disk full"):
         prepare(config, log=quiet)
+    monkeypatch.setattr(ShardWriter, "_open", real_open)
+    return config
+
+
+def test_disk_full_removes_the_temporary_shard_and_a_rerun_resumes(tmp_path, monkeypatch):
+    config = prepare_until_the_disk_fills(tmp_path, monkeypatch)
+    out = Path(config.out)
     assert not list(out.glob(".tmp-*"))
     assert list(out.glob("train_*.bin"))  # the shards finished before the disk filled are kept...
     with pytest.raises(DataError, match="unfinished"):
         TokenLoader(out, batch_size=1, seq_len=4)  # ...but nothing is a dataset yet
-    monkeypatch.setattr(ShardWriter, "_open", real_open)
     logs = []
     prepare(config, log=logs.append)
     assert logs[0].startswith("resuming")
@@ -217,20 +225,8 @@ def test_manifest_describes_each_shard_exactly(tmp_path):
 def test_resume_does_not_trust_a_finished_shard_that_changed(tmp_path, monkeypatch):
     """A shard damaged after an interrupted prepare (same size, other bytes) is caught by its sha256: the rerun
     starts over and gives what an uninterrupted prepare gives."""
-    corpus = write_txt_corpus(tmp_path / "c")
-    real_open = ShardWriter._open
-    budget = {"room": 300}
-
-    def open_on_small_disk(self):
-        real_open(self)
-        self._file = FullDisk(self._file, budget)
-
-    monkeypatch.setattr(ShardWriter, "_open", open_on_small_disk)
-    out = tmp_path / "o"
-    config = PrepareConfig([str(corpus)], str(out), shard_size=30, val_docs=0, progress=False)
-    with pytest.raises(DataError, match="disk full"):
-        prepare(config, log=quiet)
-    monkeypatch.setattr(ShardWriter, "_open", real_open)
+    config = prepare_until_the_disk_fills(tmp_path, monkeypatch)
+    out = Path(config.out)
     first = out / "train_000000.bin"
     data = bytearray(first.read_bytes())
     data[2:4] = bytes(data[4:6])  # the second token replaced by the third: same size
@@ -239,7 +235,7 @@ def test_resume_does_not_trust_a_finished_shard_that_changed(tmp_path, monkeypat
     manifest = prepare(config, log=logs.append)
     assert not any(line.startswith("resuming") for line in logs)
     assert documents_of(out, "train") == TEXTS
-    fresh = prepare(PrepareConfig([str(corpus)], str(tmp_path / "fresh"), shard_size=30, val_docs=0,
+    fresh = prepare(PrepareConfig(config.sources, str(tmp_path / "fresh"), shard_size=30, val_docs=0,
                                   progress=False), log=quiet)
     assert manifest["splits"] == fresh["splits"]
 
