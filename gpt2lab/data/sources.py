@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from gpt2lab.data.document import Document
 from gpt2lab.data.errors import DataError
+from gpt2lab.errors import first_line
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
@@ -226,7 +227,7 @@ def _read_hf(spec: str, name: str, config: str | None, options: SourceOptions, s
         dataset = datasets.load_dataset(name, config, split=options.hf_split, streaming=True)
     except Exception as e:  # offline, unknown name/config/split: datasets raises many types
         raise DataError(f"cannot open Hugging Face dataset {name!r} (config {config}, split {options.hf_split!r}): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; check the name and your "
+                        f"{type(e).__name__}: {first_line(e)}; check the name and your "
                         f"internet connection") from None
     records = iter(dataset)
     for i in itertools.count():

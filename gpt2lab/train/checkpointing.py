@@ -26,7 +26,7 @@ import torch
 
 from gpt2lab import distributed
 from gpt2lab.atomic import atomic_directory
-from gpt2lab.errors import CheckpointError
+from gpt2lab.errors import CheckpointError, first_line
 from gpt2lab.hf_format import save_model
 from gpt2lab.run_directory import RunDirectory
 
@@ -132,7 +132,7 @@ def load_training_state(checkpoint: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is unreadable ({str(e).splitlines()[0]}); delete that checkpoint "
+        raise CheckpointError(f"{path} is unreadable ({first_line(e)}); delete that checkpoint "
                               f"directory to resume from the one before") from None
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import GPT2LabError, first_line
 from gpt2lab.gpt_config import GPTConfig
 from gpt2lab.run_directory import RunDirectory
 
@@ -208,7 +208,7 @@ def read_config_file(path) -> dict:
             return json.loads(text)
         return _toml_loads(text)
     except Exception as e:  # a syntax error in the user's file: report where, not a traceback
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise ConfigError(f"cannot parse {path}: {first}") from None
 
 
