@@ -1,4 +1,4 @@
-"""Training: typed config, AdamW + schedule, the loop (one CPU to many GPUs), exactly resumable checkpoints."""
+"""Training: typed config, AdamW or Muon + schedules, the loop (one CPU to many GPUs), exactly resumable checkpoints."""
 
 from gpt2lab.train.config import TrainConfig, resolve_config
 from gpt2lab.train.trainer import TrainResult, Trainer, train

@@ -51,19 +51,29 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    lr: float = 6e-4  # peak learning rate, reached at the end of warmup
+    name: str = "adamw"  # adamw | muon (Muon for the blocks' 2-D weights, AdamW with the keys below for the rest)
+    lr: float = 6e-4  # peak learning rate, reached at the end of warmup (AdamW's; with muon, for the AdamW part)
     min_lr: float = 6e-5  # floor of the cosine decay
     weight_decay: float = 0.1  # on >=2-D tensors only (matmul weights, embeddings)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # Muon (optim.name = "muon" only; setting one with adamw is an error). Defaults not yet tuned for GPT-2.
+    muon_lr: float = 0.02  # peak LR of the Muon groups; the schedule scales it as it scales lr (floor too)
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5  # Newton-Schulz iterations
+    muon_weight_decay: float = 0.0  # decoupled, on the Muon matrices
+    muon_split_qkv: bool = False  # orthogonalise c_attn as three matrices (q, k, v) instead of one
 
 
 @dataclass
 class ScheduleSection:
+    name: str = "cosine"  # cosine | wsd (warmup, constant, then a linear cool-down to min_lr)
     max_steps: int = 19073
     warmup_steps: int = 715
+    decay_fraction: float = 0.2  # wsd: the cool-down is the last fraction of all steps, 0 < fraction <= 1
 
 
 @dataclass
@@ -268,19 +278,27 @@ def resolve_config(preset=None, config_file=None, overrides=(), base: dict | Non
     config = TrainConfig()
     if base is not None:
         apply_mapping(config, base, "saved run config")
-    if preset:
-        path = preset_path(preset)
-        apply_mapping(config, read_config_file(path), f"preset {preset}")
-    if config_file:
-        apply_mapping(config, read_config_file(config_file), str(config_file))
+    given = set()  # keys a preset, file or override sets (a saved run config lists every key: not counted)
+    for mapping, where in ((read_config_file(preset_path(preset)) if preset else None, f"preset {preset}"),
+                           (read_config_file(config_file) if config_file else None, str(config_file))):
+        if mapping is not None:
+            apply_mapping(config, mapping, where)
+            given |= {f"{section}.{key}" for section, values in mapping.items() for key in values}
     for key, value in overrides:
         set_value(config, key, value)
-    validate(config)
+        given.add(key)
+    validate(config, given)
     return config
 
 
-def validate(config: TrainConfig) -> None:
-    """Values that parse but make no sense, caught before any work is done."""
+MUON_KEYS = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimSection) if f.name.startswith("muon_"))
+
+
+def validate(config: TrainConfig, given=()) -> None:
+    """Values that parse but make no sense, caught before any work is done. `given`: the keys the user set
+    (preset, file, overrides), to refuse Muon settings in an AdamW run rather than silently ignore them. The
+    AdamW keys (lr, min_lr, betas, eps, weight_decay) are used by both optimizers (by muon for the embeddings,
+    head, gains and biases), so they are never refused."""
     positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
                 "data.batch_size", "data.seq_len", "data.total_batch_tokens", "schedule.max_steps"]
     flat = config.flat()
@@ -296,6 +314,26 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
     if config.optim.min_lr > config.optim.lr:
         raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) must not exceed optim.lr ({config.optim.lr})")
+    optim, schedule = config.optim, config.schedule
+    if optim.name not in ("adamw", "muon"):
+        raise ConfigError(f"optim.name must be adamw or muon, got '{optim.name}'")
+    if optim.name == "adamw":
+        muon_given = [k for k in MUON_KEYS if k in given]
+        if muon_given:
+            raise ConfigError(f"{muon_given[0]} is a Muon setting but optim.name is adamw; add optim.name=muon "
+                              f"or drop it")
+    if optim.muon_lr <= 0:
+        raise ConfigError(f"optim.muon_lr must be positive, got {optim.muon_lr}")
+    if not 0 <= optim.muon_momentum < 1:
+        raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {optim.muon_momentum}")
+    if optim.muon_ns_steps < 1:
+        raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
+    if optim.muon_weight_decay < 0:
+        raise ConfigError(f"optim.muon_weight_decay must not be negative, got {optim.muon_weight_decay}")
+    if schedule.name not in ("cosine", "wsd"):
+        raise ConfigError(f"schedule.name must be cosine or wsd, got '{schedule.name}'")
+    if not 0 < schedule.decay_fraction <= 1:
+        raise ConfigError(f"schedule.decay_fraction must be in (0, 1], got {schedule.decay_fraction}")
     if config.checkpoint.keep < 1:
         raise ConfigError(f"checkpoint.keep must be at least 1, got {config.checkpoint.keep}")
     if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):

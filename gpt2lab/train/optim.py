@@ -1,19 +1,23 @@
-"""AdamW with GPT-2's weight-decay groups, and the warmup + cosine learning-rate schedule."""
+"""The optimizers (AdamW, or Muon for the blocks' matrices + AdamW for the rest) and the learning-rate schedules
+(warmup + cosine, or warmup-stable-decay)."""
 
 import math
 
 import torch
 
+from gpt2lab.device import native_bf16
 from gpt2lab.train.config import OptimSection, ScheduleSection
+from gpt2lab.train.muon import CombinedOptimizer, Muon
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, params=None) -> list[dict]:
     """Decay every tensor with >= 2 dims (matmul weights, embeddings); never biases or LayerNorm gains.
 
     Decaying a gain or a bias pulls it towards 0 for no benefit; weight decay is meant to regularise the
     weights that mix features. The tied wte/lm_head tensor appears once (named_parameters deduplicates).
+    `params`: only these (default: all of the model's trainable parameters).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return [
@@ -22,11 +26,50 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def make_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        param_groups(model, optim.weight_decay),
-        lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **adamw_implementation(device),
-    )
+def muon_parameter_names(model: torch.nn.Module) -> list[str]:
+    """THE rule for which parameters Muon trains (everything else goes to AdamW): the 2-D weights inside the
+    transformer blocks, i.e. attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj of every layer. Not the token
+    embedding (which is also the tied output head: Muon's equal-size singular directions suit hidden
+    feature-to-feature maps, not a lookup table or the logits layer), not wpe, LayerNorm gains or any bias."""
+    return [name for name, p in model.named_parameters()
+            if p.requires_grad and p.dim() == 2 and name.startswith("transformer.h.")]
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.device):
+    """torch AdamW (optim.name = adamw), or a CombinedOptimizer of Muon + AdamW (optim.name = muon).
+
+    Each param group gets its peak LR in "lr" here; the trainer overwrites "lr" every step with the schedule
+    (set_lr). The AdamW settings (lr, betas, eps, weight_decay) serve AdamW's parameters in both cases."""
+    adamw = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **adamw_implementation(device))
+    if optim.name == "adamw":
+        return torch.optim.AdamW(param_groups(model, optim.weight_decay), **adamw)
+    muon_names = set(muon_parameter_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon_settings = dict(lr=optim.muon_lr, momentum=optim.muon_momentum, nesterov=optim.muon_nesterov,
+                         ns_steps=optim.muon_ns_steps, weight_decay=optim.muon_weight_decay)
+    fused = [p for n, p in named if n in muon_names and n.endswith("attn.c_attn.weight")]
+    other = [p for n, p in named if n in muon_names and not n.endswith("attn.c_attn.weight")]
+    groups = [{"params": other, "split": 1}, {"params": fused, "split": 3 if optim.muon_split_qkv else 1}]
+    # Newton-Schulz in bf16 where the device computes it natively (GPUs, AMX/AVX512-BF16 CPUs); float32 elsewhere
+    ns_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+    muon = Muon([g for g in groups if g["params"]], **muon_settings, ns_dtype=ns_dtype)
+    rest = [p for n, p in named if n not in muon_names]
+    return CombinedOptimizer(muon=muon, adamw=torch.optim.AdamW(param_groups(model, optim.weight_decay, rest), **adamw))
+
+
+def describe_optimizer(model: torch.nn.Module, optim: OptimSection) -> str:
+    """One start-up line: which optimizer trains how many tensors / parameters."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for _, p in named)
+    if optim.name == "adamw":
+        return f"optimizer: AdamW (lr {optim.lr:g}) on all {len(named)} tensors ({total:,} parameters)"
+    muon_names = set(muon_parameter_names(model))
+    n_muon = sum(p.numel() for n, p in named if n in muon_names)
+    c_attn = "three matrices (q, k, v)" if optim.muon_split_qkv else "one matrix"
+    return (f"optimizer: Muon (lr {optim.muon_lr:g}, momentum {optim.muon_momentum:g}) on {len(muon_names)} block "
+            f"matrices ({n_muon:,} parameters; c_attn as {c_attn}), AdamW (lr {optim.lr:g}) on "
+            f"{len(named) - len(muon_names)} tensors ({total - n_muon:,} parameters: embeddings/head, LayerNorm, "
+            f"biases)")
 
 
 def adamw_implementation(device: torch.device) -> dict:
@@ -36,15 +79,38 @@ def adamw_implementation(device: torch.device) -> dict:
     return {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
 
 
-def lr_at(step: int, optim: OptimSection, schedule: ScheduleSection) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay, then the floor.
+def lr_at(step: int, optim: OptimSection, schedule: ScheduleSection, peak: float | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based) of a group whose peak LR is `peak` (default optim.lr,
+    AdamW's): linear warmup, then cosine decay or (wsd) constant and a final linear cool-down, then the floor.
 
+    The floor is optim.min_lr scaled with the peak (Muon's floor is muon_lr * min_lr / lr), so every group follows
+    the same multiplier curve; for AdamW's groups peak / optim.lr is exactly 1 and the values are unchanged.
     Warmup uses (step + 1) / warmup so the very first step already learns (nanoGPT's step-0 LR of 0 wastes it).
     """
+    peak = optim.lr if peak is None else peak
+    floor = optim.min_lr * (peak / optim.lr)
     warmup, max_steps = schedule.warmup_steps, schedule.max_steps
     if step < warmup:
-        return optim.lr * (step + 1) / warmup
+        return peak * (step + 1) / warmup
     if step >= max_steps:
-        return optim.min_lr
+        return floor
+    if schedule.name == "wsd":  # warmup-stable-decay: the last decay_fraction of all steps cools down linearly
+        decay_start = max(warmup, max_steps - round(schedule.decay_fraction * max_steps))
+        if step < decay_start:
+            return peak
+        progress = (step - decay_start) / max(1, max_steps - decay_start)  # 0 -> 1 over the cool-down
+        return floor + (1.0 - progress) * (peak - floor)
     progress = (step - warmup) / max(1, max_steps - warmup)  # 0 -> 1 over the decay
-    return optim.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (optim.lr - optim.min_lr)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def group_peak_lr(group: dict, optim: OptimSection) -> float:
+    """A param group's peak LR, from the config (which a resume cannot change), not from the group itself."""
+    return optim.muon_lr if Muon.owns(group) else optim.lr
+
+
+def set_lr(optimizer, step: int, optim: OptimSection, schedule: ScheduleSection) -> float:
+    """Set every param group's LR for step `step`; returns AdamW's (the one logged as `lr`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, optim, schedule, peak=group_peak_lr(group, optim))
+    return lr_at(step, optim, schedule)

@@ -1,7 +1,7 @@
 """The training loop: one code path for a laptop CPU, one GPU, and many GPUs on many machines (torchrun + DDP).
 
     step = grad_accum micro-batches (forward, loss / grad_accum, backward; gradients sync on the last only)
-           -> clip -> AdamW with the scheduled LR -> log -> (val loss, samples, HellaSwag, checkpoint)
+           -> clip -> AdamW (or Muon + AdamW) with the scheduled LR -> log -> (val loss, samples, HellaSwag, checkpoint)
 
 Everything that decides what the next step computes (weights, optimizer moments, loader position, RNG) is in the
 checkpoint, so `--resume` continues with bit-identical losses on CPU. Each step trains on the same tokens whatever
@@ -30,7 +30,7 @@ from gpt2lab.run_directory import MetricsLog, RunDirectory
 from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank
 from gpt2lab.train.config import TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
 from gpt2lab.train.metrics import StepTimer
-from gpt2lab.train.optim import lr_at, make_optimizer
+from gpt2lab.train.optim import describe_optimizer, make_optimizer, set_lr
 
 
 class TrainingDiverged(GPT2LabError, FloatingPointError):
@@ -281,6 +281,7 @@ class Trainer:
         self.log(f"batch: {cfg.data.total_batch_tokens:,} tokens/step = {cfg.data.batch_size} x {cfg.data.seq_len} "
                  f"x {self.ctx.world_size} process(es) x {self.grad_accum} micro-steps; device {self.device}, "
                  f"precision {self.amp_dtype or torch.float32}".replace("torch.", ""))
+        self.log(describe_optimizer(self.raw_model, cfg.optim))
         if self.step >= max_steps:
             self.log(f"run already complete at step {self.step}/{max_steps}; nothing to do")
             return TrainResult(self.step, math.nan, None, None)
@@ -294,9 +295,7 @@ class Trainer:
         try:
             while self.step < max_steps:
                 it = self.step  # 0-based index of the step being computed; metrics use steps done (it + 1)
-                lr = lr_at(it, cfg.optim, cfg.schedule)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                lr = set_lr(self.optimizer, it, cfg.optim, cfg.schedule)  # every group, each from its own peak
                 timer.start()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_t = train_step(self.model, batches, self.grad_accum, self.amp_dtype, self.scaler, self.device,
@@ -304,6 +303,9 @@ class Trainer:
                 distributed.all_reduce_mean(loss_t)
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
+                # Clipping scales all gradients (Muon's and AdamW's) by one factor, before either optimizer. Muon's
+                # orthogonalised update is scale-free, so for its matrices clipping only changes how much this
+                # step's gradient weighs in the momentum buffer, not the size of the step.
                 clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
                 norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip))
                 loss = float(loss_t)
