@@ -54,8 +54,10 @@ def run_command(args, say_user_errors: bool = True) -> int:
         if say_user_errors:
             print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `gpt2lab sample ... | head`: the reader has all it wanted (before OSError, its base)
+        return 0
     except OSError as e:
-        if e.errno is None or isinstance(e, BrokenPipeError):
+        if e.errno is None:
             raise
         # The OS refused something the library did not wrap (a read, say): still one line, naming the path.
         where = f"{e.filename}: " if e.filename else ""
@@ -64,8 +66,6 @@ def run_command(args, say_user_errors: bool = True) -> int:
     except KeyboardInterrupt:
         print(f"gpt2lab {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `gpt2lab sample ... | head`
-        return 0
 
 
 def _version() -> str:

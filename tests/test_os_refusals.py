@@ -157,3 +157,19 @@ def test_atomic_writers_remove_their_temporaries_on_refusal(tmp_path, monkeypatc
         (tmp / "weights").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("raised, code, said", [
+    (PermissionError(errno.EACCES, "Permission denied", "/data/shard.bin"), 2,
+     "gpt2lab plot: error: /data/shard.bin: Permission denied\n"),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), 0, ""),  # `gpt2lab sample ... | head` stopped reading: fine
+])
+def test_os_errors_the_library_did_not_wrap_are_still_one_line(monkeypatch, capsys, raised, code, said):
+    from gpt2lab import cli, plot
+
+    def refused(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(plot, "plot_runs", refused)
+    assert cli.main(["plot", "some-run"]) == code
+    assert capsys.readouterr().err == said
