@@ -66,7 +66,9 @@ def test_grad_accumulation_of_4_equals_one_4x_batch():
     assert grads_acc.keys() == grads_big.keys() and len(grads_big) == len(list(GPT(GPTConfig(**TINY_GPT)).parameters()))
     for name, grad in grads_big.items():
         assert grad.abs().max() > 0, name  # every parameter gets a gradient (a zero one would compare trivially)
-        torch.testing.assert_close(grads_acc[name], grad, rtol=1e-4, atol=1e-7 * float(grad.abs().max()), msg=name)
+        # float32 summation order differs between one batch and four (by ~5e-7 of the largest element on an
+        # AVX-512 CPU); a missing or doubled division by the accumulation steps is off by a factor of 2-4
+        torch.testing.assert_close(grads_acc[name], grad, rtol=1e-4, atol=2e-6 * float(grad.abs().max()), msg=name)
 
 
 def test_grad_accum_steps_from_the_token_budget():
