@@ -461,7 +461,8 @@ def add_plot_command(commands) -> None:
     p = commands.add_parser(
         "plot", help="plot train/val loss (and HellaSwag) of one or more runs into a PNG",
         description="Read RUN_DIR/metrics.jsonl of each run and draw train loss, val loss and, when logged, "
-        "HellaSwag accuracy, with OpenAI GPT-2 124M baselines as dashed lines.")
+        "HellaSwag accuracy, with OpenAI GPT-2 124M baselines as dashed lines: HellaSwag's always, its FineWeb-Edu "
+        "val loss only over runs trained on FineWeb-Edu (a val loss on another corpus is not comparable).")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.png", help="output image (default: RUN_DIR/loss.png of the first run)")
     p.add_argument("--no-baselines", action="store_true", help="leave out the GPT-2 124M reference lines")

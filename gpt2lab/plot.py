@@ -1,8 +1,12 @@
 """`gpt2lab plot`: train/val loss (and HellaSwag accuracy when logged) of one or more runs, in one PNG.
 
-Dashed lines are OpenAI GPT-2 124M's scores, the baselines a from-scratch 124M run sets out to beat.
+Dashed lines are OpenAI GPT-2 124M's scores, the baselines a from-scratch 124M run sets out to beat. A baseline is
+drawn only where it measures the same thing as the curves: HellaSwag is one fixed benchmark for every run, but a
+val loss depends on the corpus, so GPT-2's FineWeb-Edu val loss is drawn only over runs trained on FineWeb-Edu
+(not, say, over the Shakespeare demo, whose held-out plays are a different distribution).
 """
 
+import json
 from pathlib import Path
 
 from gpt2lab.atomic import atomic_path, writable_file
@@ -10,7 +14,22 @@ from gpt2lab.errors import GPT2LabError
 from gpt2lab.run_directory import RunDirectory, read_metrics
 
 BASELINE_VAL_LOSS = ("OpenAI GPT-2 124M (FineWeb-Edu val)", 3.2924)
+BASELINE_VAL_CORPUS = "fineweb-edu"  # the val loss baseline is measured on this corpus' val shard
 BASELINE_HELLASWAG = [("OpenAI GPT-2 124M", 0.2955), ("GPT-3 124M", 0.337)]
+
+
+def data_source(run: Path) -> str:
+    """What the run trained on, as `gpt2lab prepare` recorded it (e.g. "shakespeare",
+    "hf:HuggingFaceFW/fineweb-edu:sample-10BT"), or "" when the run's config or its dataset cannot be read."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        data_dir = tomllib.loads(RunDirectory(run).config_file.read_text(encoding="utf-8"))["data"]["dir"]
+        return str(json.loads((Path(data_dir) / "manifest.json").read_text(encoding="utf-8"))["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -34,6 +53,7 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
         if not any("loss" in r for r in records):
             raise GPT2LabError(f"{path} has no training steps logged yet")
         runs.append((run.name or str(run), records))
+    val_baseline = baselines and any(BASELINE_VAL_CORPUS in data_source(run).lower() for run in map(Path, run_dirs))
     writable_file(out)  # a refused output fails before the drawing
 
     has_hellaswag = any(any("hellaswag_acc_norm" in r for r in records) for _, records in runs)
@@ -47,7 +67,7 @@ def plot_runs(run_dirs, out, baselines: bool = True) -> Path:
         steps, val = series(records, "val_loss")
         if steps:
             ax.plot(steps, val, color=color, marker="o", markersize=3, label=f"{name} val")
-    if baselines:
+    if val_baseline:
         label, value = BASELINE_VAL_LOSS
         ax.axhline(value, color="red", linestyle="--", linewidth=1, label=f"{label} {value}")
     ax.set(xlabel="step", ylabel="loss", title="loss")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import REPO, run_cli
@@ -19,9 +20,11 @@ RESUMABLE = dict(data__total_batch_tokens=256, schedule__max_steps=20, checkpoin
                  eval__val_every=10)
 
 
-def test_sigkilled_run_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigkilled_run_resumes_bit_identically(tmp_path, optimizer):
+    """Muon too: its momentum buffers are in the checkpoint (a lost buffer changes every later loss)."""
     data = write_dataset(tmp_path / "data")
-    flags = cli_flags(data, **RESUMABLE)
+    flags = cli_flags(data, optim__name=optimizer, **RESUMABLE)
     straight = tmp_path / "straight"
     assert run_cli("train", "--out", straight, *flags).returncode == 0
 

@@ -1,0 +1,165 @@
+"""The optimizer sweep behind the README's Muon vs AdamW table: the `shakespeare-cpu` demo setup (same model, data,
+data order and 900 steps of 1,024 tokens for every arm), one arm per optimizer / learning rate / schedule / seed.
+
+    python scripts/optimizer_sweep.py --list                 # the arms and the command each one runs
+    python scripts/optimizer_sweep.py muon-0.01 adamw-1e-3   # run these (or all, with no names); safe to re-run
+    python scripts/optimizer_sweep.py --table                # the table of whatever has finished so far
+
+Each arm is a plain `gpt2lab train --preset shakespeare-cpu ...` into runs/sweep/ARM (an interrupted arm continues
+with --resume), followed by `gpt2lab eval ARM --task loss --data data/shakespeare` for the loss over the whole
+held-out split (121,324 tokens: Hamlet, The Tempest, Twelfth Night), saved as runs/sweep/ARM/val_full.json.
+The logged val losses during training use the preset's 10 fixed val batches (10,240 tokens), which is noisier.
+
+Seeds: the default seed is the preset's (1337 for the weights and the data order); `-s2` arms use seed 2 for both,
+so a second seed is a different initialisation and a different data order, the same for both optimizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP_DIR = ROOT / "runs" / "sweep"
+DATA = "data/shakespeare"
+TABLE_STEPS = (100, 200, 300, 500, 700, 900)
+
+
+def adamw(lr: float, **extra) -> list[str]:
+    return ["--set", "optim.name=adamw", "--set", f"optim.lr={lr:g}", "--set", f"optim.min_lr={lr / 10:g}",
+            *_sets(extra)]
+
+
+def muon(muon_lr: float, adam_lr: float = 2e-3, **extra) -> list[str]:
+    return ["--set", "optim.name=muon", "--set", f"optim.muon_lr={muon_lr:g}", "--set", f"optim.lr={adam_lr:g}",
+            "--set", f"optim.min_lr={adam_lr / 10:g}", *_sets(extra)]
+
+
+def _sets(extra: dict) -> list[str]:
+    flags = []
+    for key, value in extra.items():
+        flags += ["--set", f"{key.replace('__', '.')}={value}"]
+    return flags
+
+
+WSD = {"schedule__name": "wsd"}
+SEED2 = {"runtime__seed": 2, "data__seed": 2}
+FP32 = {"runtime__precision": "fp32"}
+
+ARMS: dict[str, list[str]] = {
+    # AdamW alone, warmup + cosine (the preset's schedule); min_lr = lr / 10 throughout
+    "adamw-5e-4": adamw(5e-4),
+    "adamw-1e-3": adamw(1e-3),
+    "adamw-2e-3": adamw(2e-3),  # the preset before this sweep
+    "adamw-4e-3": adamw(4e-3),
+    # Muon on the blocks' matrices + AdamW (2e-3) on embeddings/head, LayerNorm, biases; warmup + cosine
+    "muon-0.005": muon(0.005),
+    "muon-0.01": muon(0.01),
+    "muon-0.02": muon(0.02),
+    "muon-0.04": muon(0.04),
+    # the AdamW part of a Muon run: the tied embedding/head is most of this small model's parameters
+    "muon-0.02-adam-1e-3": muon(0.02, 1e-3),
+    "muon-0.02-adam-4e-3": muon(0.02, 4e-3),
+    # warmup-stable-decay (the last 20 % of steps cool down linearly)
+    "adamw-1e-3-wsd": adamw(1e-3, **WSD),
+    "adamw-2e-3-wsd": adamw(2e-3, **WSD),
+    "adamw-5e-4-wsd": adamw(5e-4, **WSD),
+    "muon-0.01-wsd": muon(0.01, **WSD),
+    "muon-0.02-wsd": muon(0.02, **WSD),
+    "muon-0.005-wsd": muon(0.005, **WSD),
+    # c_attn orthogonalised as three matrices (q, k, v) instead of one
+    "muon-0.02-split-qkv": muon(0.02, optim__muon_split_qkv="true"),
+    # second seed (weights and data order) for the best settings
+    "adamw-1e-3-s2": adamw(1e-3, **SEED2),
+    "muon-0.02-s2": muon(0.02, **SEED2),
+    "muon-0.02-split-qkv-s2": muon(0.02, optim__muon_split_qkv="true", **SEED2),
+    # the same comparison in fp32, as CPUs without native bf16 run the demo
+    "adamw-1e-3-fp32": adamw(1e-3, **FP32),
+    "muon-0.02-fp32": muon(0.02, **FP32),
+}
+
+
+def gpt2lab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gpt2lab", *args]
+
+
+def train_command(arm: str) -> list[str]:
+    run = SWEEP_DIR / arm
+    if (run / "checkpoints").is_dir():
+        return gpt2lab("train", "--out", str(run), "--resume", "--no-progress")
+    return gpt2lab("train", "--preset", "shakespeare-cpu", "--data.dir", DATA, "--out", str(run), "--no-progress",
+                   *ARMS[arm])
+
+
+def eval_command(arm: str) -> list[str]:
+    return gpt2lab("eval", str(SWEEP_DIR / arm), "--task", "loss", "--data", DATA, "--json")
+
+
+def run_arm(arm: str) -> None:
+    run = SWEEP_DIR / arm
+    if (run / "val_full.json").is_file():
+        print(f"== {arm}: done")
+        return
+    print(f"== {arm}: {' '.join(train_command(arm)[2:])}", flush=True)
+    with open(SWEEP_DIR / f"{arm}.log", "a") as log:
+        subprocess.run(train_command(arm), cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    result = subprocess.run(eval_command(arm), cwd=ROOT, check=True, capture_output=True, text=True)
+    (run / "val_full.json").write_text(result.stdout)
+
+
+def summary(arm: str) -> dict | None:
+    run = SWEEP_DIR / arm
+    if not (run / "metrics.jsonl").is_file():
+        return None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    step_ms = [r["ms_per_step"] for r in records if "ms_per_step" in r]
+    full = json.loads((run / "val_full.json").read_text())["loss"] if (run / "val_full.json").is_file() else None
+    return {"val": val, "median_ms": statistics.median(step_ms) if step_ms else None, "full": full}
+
+
+def table(arms) -> str:
+    head = "| arm | " + " | ".join(f"step {s}" for s in TABLE_STEPS) + " | whole val split | median ms/step |"
+    lines = [head, "|---" * (len(TABLE_STEPS) + 3) + "|"]
+    for arm in arms:
+        s = summary(arm)
+        if s is None:
+            continue
+        cells = [f"{s['val'][step]:.3f}" if step in s["val"] else "" for step in TABLE_STEPS]
+        full = f"{s['full']:.3f}" if s["full"] is not None else ""
+        ms = f"{s['median_ms']:.0f}" if s["median_ms"] else ""
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {full} | {ms} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("arms", nargs="*", help="arms to run (default: all, in order)")
+    parser.add_argument("--list", action="store_true", help="print every arm and its training command")
+    parser.add_argument("--table", action="store_true", help="print the table of finished arms")
+    args = parser.parse_args()
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; see --list")
+    arms = args.arms or list(ARMS)
+    if args.list:
+        for arm in arms:
+            print(f"{arm}: gpt2lab train --preset shakespeare-cpu --out runs/sweep/{arm} {' '.join(ARMS[arm])}")
+        return
+    if args.table:
+        print(table(arms))
+        return
+    if not (ROOT / DATA / "manifest.json").is_file():
+        subprocess.run(gpt2lab("prepare", "shakespeare", "--out", DATA), cwd=ROOT, check=True)
+    SWEEP_DIR.mkdir(parents=True, exist_ok=True)
+    for arm in arms:
+        run_arm(arm)
+    print(table(arms))
+
+
+if __name__ == "__main__":
+    main()
