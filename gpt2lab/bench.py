@@ -136,6 +136,56 @@ def measure_read_bandwidth(device: torch.device, mb: int = 1024, seconds: float 
     return x.numel() * 4 * count / (time.perf_counter() - t0)
 
 
+def step_matmul_shapes(config: GPTConfig, batch_size: int, seq_len: int) -> list[tuple[int, int, int, int, bool, bool]]:
+    """The matrix products of one training step of our GPT, as (batch, m, k, n, a_transposed, b_transposed): every
+    projection's forward (x @ W), input gradient (dy @ Wᵀ) and weight gradient (xᵀ @ dy), and attention's
+    q kᵀ and p v with their gradients, in the memory layouts autograd hands to the matmul kernels."""
+    N, C, V, T = batch_size * seq_len, config.n_embd, config.vocab_size, seq_len
+    heads, d = batch_size * config.n_head, config.n_embd // config.n_head
+    shapes = []
+    projections = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, V)]  # ... + the head
+    for fan_in, fan_out in projections:
+        shapes += [(1, N, fan_in, fan_out, False, False),  # y = x W
+                   (1, N, fan_out, fan_in, False, True),  # dx = dy Wᵀ
+                   (1, fan_in, N, fan_out, True, False)]  # dW = xᵀ dy
+    for _ in range(config.n_layer):
+        shapes += [(heads, T, d, T, False, True),  # scores = q kᵀ
+                   (heads, T, T, d, False, False),  # y = p v
+                   (heads, T, d, T, False, True), (heads, T, T, d, True, False),  # dp = dy vᵀ, dv = pᵀ dy
+                   (heads, T, T, d, False, False), (heads, T, T, d, True, False)]  # dq = ds k, dk = dsᵀ q
+    return shapes
+
+
+def measure_step_matmuls(config: GPTConfig, batch_size: int, seq_len: int, device: torch.device,
+                         dtype: torch.dtype, repeats: int = 3) -> float:
+    """Seconds that the matrix products of one training step take alone (median of `repeats`): the part of the
+    step no implementation can avoid, so ms_per_iter minus this is what the rest of the step costs (attention's
+    softmax, GELU, LayerNorm, the loss, casts, the optimizer, ...)."""
+    # one pair of operands per distinct shape, reused: the products are timed, not their allocation
+    operands = {}
+    for shape in set(step_matmul_shapes(config, batch_size, seq_len)):
+        b, m, k, n, a_t, b_t = shape
+        a = torch.randn(b, k, m, device=device, dtype=dtype).mT if a_t else torch.randn(b, m, k, device=device, dtype=dtype)
+        w = torch.randn(b, n, k, device=device, dtype=dtype).mT if b_t else torch.randn(b, k, n, device=device, dtype=dtype)
+        operands[shape] = (a[0], w[0]) if b == 1 else (a, w)
+    shapes = step_matmul_shapes(config, batch_size, seq_len)
+
+    def step():
+        for shape in shapes:
+            a, w = operands[shape]
+            torch.matmul(a, w)
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def environment(device: torch.device) -> dict:
     env = {
         "machine": platform.processor() or platform.machine(),
@@ -236,18 +286,33 @@ def bench_train(
     n_params = base.num_parameters()
     fpt = flops_per_token(n_params, config.n_layer, config.n_embd, seq_len)
     matmul_peak = {name: measure_matmul_peak(device, resolve_dtype(name)) for name in dtypes}
+    matmuls_alone = {name: measure_step_matmuls(config, batch_size, seq_len, device, resolve_dtype(name), repeats)
+                     for name in dtypes}
     rows = []
     for (impl, name), ts in times.items():
         median = statistics.median(ts)
         achieved = batch_size * seq_len / median * fpt
-        extra = {"achieved_gflops": achieved / 1e9, "fraction_of_matmul_peak": achieved / matmul_peak[name]}
+        extra = {"achieved_gflops": achieved / 1e9, "fraction_of_matmul_peak": achieved / matmul_peak[name],
+                 # the same products timed alone: how much of the step is everything else
+                 "matmuls_alone_ms": matmuls_alone[name] * 1e3, "matmul_share": matmuls_alone[name] / median}
         if (pub := peak_flops(device)) is not None:
             extra["mfu_vs_published_bf16_peak"] = achieved / pub
         rows.append(Row(impl, name, batch_size, batch_size * seq_len / median, median * 1e3, peaks[(impl, name)], extra))
+    _add_dtype_ratios(rows)
     return _report("train", device, rows, {
         "config": asdict(config), "batch_size": batch_size, "seq_len": seq_len, "params": n_params,
         "flops_per_token": fpt, "matmul_peak_gflops": {k: v / 1e9 for k, v in matmul_peak.items()},
+        "matmuls_alone_ms": {k: v * 1e3 for k, v in matmuls_alone.items()},
     })
+
+
+def _add_dtype_ratios(rows: list[Row]) -> None:
+    """Each row's tokens/s over the same implementation's at the same batch size in each other dtype measured,
+    as extra["vs_<dtype>"] (e.g. a bfloat16 row's vs_float32 = 1.9: bf16 is 1.9x faster)."""
+    for row in rows:
+        for other in rows:
+            if (other.impl, other.batch_size) == (row.impl, row.batch_size) and other.dtype != row.dtype:
+                row.extra[f"vs_{other.dtype}"] = row.tokens_per_s / other.tokens_per_s
 
 
 def _widest(dtypes) -> int:
@@ -321,14 +386,15 @@ def bench_generate(
             median = statistics.median(ts)
             rows.append(Row(impl, d, batch_size, batch_size * new_tokens / median, median * 1e3 / new_tokens,
                             peaks[(impl, d)]))
-    # Batch-1 decoding reads every weight once per token: memory bandwidth bounds it.
+    # A decode step reads every weight once, for all the rows of the batch: memory bandwidth bounds it (for
+    # small batches; large ones become matmul-bound, so their fraction of this bound falls).
     bandwidth = measure_read_bandwidth(device)
     n_params = base.num_parameters() - base.transformer.wpe.weight.numel()  # one wpe row is read per token
     for row in rows:
-        if row.batch_size == 1 and row.impl == "gpt2lab":
-            bound = bandwidth / (n_params * resolve_dtype(row.dtype).itemsize)
-            row.extra["bandwidth_bound_tokens_per_s"] = bound
-            row.extra["fraction_of_bound"] = row.tokens_per_s / bound
+        bound = row.batch_size * bandwidth / (n_params * resolve_dtype(row.dtype).itemsize)
+        row.extra["bandwidth_bound_tokens_per_s"] = bound
+        row.extra["fraction_of_bound"] = row.tokens_per_s / bound
+    _add_dtype_ratios(rows)
     return _report("generate", device, rows, {
         "config": asdict(config), "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
         "read_bandwidth_gb_s": bandwidth / 1e9,

@@ -45,10 +45,34 @@ def test_bench_train(tmp_path, capsys):
                        "--iters", "1", "--dtypes", "float32,bfloat16")
     assert {(r["impl"], r["dtype"]) for r in report["results"]} == {
         ("gpt2lab", "float32"), ("transformers", "float32"), ("gpt2lab", "bfloat16"), ("transformers", "bfloat16")}
-    for row in report["results"]:
+    rows = {(r["impl"], r["dtype"]): r for r in report["results"]}
+    for (impl, dtype), row in rows.items():
         assert 0 < row["extra"]["fraction_of_matmul_peak"]
+        # the step's products timed alone, against the same dtype's whole step
+        alone = report["details"]["matmuls_alone_ms"][dtype]
+        assert row["extra"]["matmuls_alone_ms"] == alone > 0
+        assert row["extra"]["matmul_share"] == pytest.approx(alone / row["ms_per_iter"])
+        other = "float32" if dtype == "bfloat16" else "bfloat16"  # each row against its own other dtype
+        assert row["extra"][f"vs_{other}"] == pytest.approx(row["tokens_per_s"] / rows[(impl, other)]["tokens_per_s"])
     assert report["details"]["flops_per_token"] > 6 * report["details"]["params"]
     assert "gpt2lab float32 / transformers float32 (batch 2)" in report["ratios"]
+
+
+def test_step_matmuls_are_the_products_of_a_training_step():
+    """Their FLOPs are exactly a step's: 3 products (forward, input and weight gradients) of 2 x tokens x each
+    projection's weights (head included), and attention's 6 products of 2 x B x T x T x C per layer."""
+    from gpt2lab.bench import BENCH_CONFIGS, step_matmul_shapes
+    from gpt2lab.model import GPT
+
+    config, B, T = BENCH_CONFIGS["tiny"], 3, 16
+    shapes = step_matmul_shapes(config, B, T)
+    flops = sum(2 * b * m * k * n for b, m, k, n, _, _ in shapes)
+    model = GPT(config)
+    matmul_weights = sum(p.numel() for name, p in model.named_parameters() if name.endswith("weight") and p.dim() == 2
+                         and "wpe" not in name)  # the blocks' projections and the tied wte/head
+    assert flops == 6 * B * T * matmul_weights + config.n_layer * 6 * 2 * B * T * T * config.n_embd
+    # every projection's weight gradient multiplies a transposed activation by the output gradient
+    assert sum(1 for s in shapes if s[0] == 1 and s[4]) == 4 * config.n_layer + 1
 
 
 def test_bench_generate(tmp_path, capsys):
@@ -58,8 +82,15 @@ def test_bench_generate(tmp_path, capsys):
         ("gpt2lab", 1), ("gpt2lab", 2), ("transformers", 1), ("transformers", 2), ("no-cache loop", 1),
         ("no-cache loop", 2)}
     assert "gpt2lab float32 / no-cache loop float32 (batch 1)" in report["ratios"]
-    batch1 = next(r for r in report["results"] if r["impl"] == "gpt2lab" and r["batch_size"] == 1)
-    assert batch1["extra"]["bandwidth_bound_tokens_per_s"] > 0
+    # every row against the bandwidth bound: all the weights read once per step, for every row of the batch
+    bounds = {(r["impl"], r["dtype"], r["batch_size"]): r["extra"]["bandwidth_bound_tokens_per_s"]
+              for r in report["results"]}
+    one, two = bounds[("gpt2lab", "float32", 1)], bounds[("gpt2lab", "float32", 2)]
+    assert one > 0 and two == pytest.approx(2 * one)
+    assert bounds[("transformers", "float32", 1)] == pytest.approx(one)
+    for row in report["results"]:
+        bound = bounds[(row["impl"], row["dtype"], row["batch_size"])]
+        assert row["extra"]["fraction_of_bound"] == pytest.approx(row["tokens_per_s"] / bound)
     assert report["details"]["read_bandwidth_gb_s"] > 0
 
 
