@@ -260,7 +260,9 @@ def add_sample_command(commands) -> None:
         help="nucleus sampling: among the fewest most likely tokens whose probability reaches P, 0 < P <= 1 (default off)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto | float32 | bfloat16 | float16 (default auto: bfloat16 where it decodes faster, on CUDA "
+                   "GPUs and CPUs with native bf16, else float32)")
     p.set_defaults(run=run_sample)
 
 
@@ -279,7 +281,7 @@ def run_sample(args) -> int:
     import torch
 
     from gpt2lab import memory
-    from gpt2lab.device import resolve_device, resolve_dtype
+    from gpt2lab.device import decoding_dtype, resolve_device
     from gpt2lab.generate import check_sampling_settings, generate, generate_stream, sample_seed
     from gpt2lab.hf_format import read_config
     from gpt2lab.model import load_model
@@ -291,7 +293,8 @@ def run_sample(args) -> int:
     for flag in ("num_samples", "batch_size"):
         if getattr(args, flag) <= 0:
             raise GPT2LabError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    device = resolve_device(args.device)
+    dtype = decoding_dtype(args.dtype, device)
     prompt = read_prompt(args.prompt, args.prompt_file)
     tokenizer = get_tokenizer()
 
@@ -348,7 +351,8 @@ def run_sample(args) -> int:
             out.flush()  # this batch is done: show it now rather than after the last one
     out.flush()
     seconds = time.perf_counter() - start
-    print(f"[{count} new tokens in {seconds:.1f} s, {count / seconds:.1f} tokens/s]", file=sys.stderr)
+    dtype_name = str(dtype).removeprefix("torch.") + (" (auto)" if args.dtype == "auto" else "")
+    print(f"[{count} new tokens in {seconds:.1f} s, {count / seconds:.1f} tokens/s, {dtype_name}]", file=sys.stderr)
     return 0
 
 

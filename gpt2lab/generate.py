@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from gpt2lab import cpu_decode
 from gpt2lab.errors import GPT2LabError
 
 
@@ -71,22 +72,27 @@ class IncrementalDecoder:
             logits, _ = self.model(tokens, cache=self.cache, last_logits_only=True)
             logits = logits[:, -1, :]
         else:
-            logits = self.model.hidden_states(tokens, cache=self.cache)[:, -1, :] @ self.unembedding
+            logits = self.unembedding(self.model.hidden_states(tokens, cache=self.cache)[:, -1, :])
         return logits.float()  # sampling maths in float32 whatever the model's dtype
 
 
-def unembedding_for_decoding(model) -> torch.Tensor | None:
-    """On CPU, a contiguous (n_embd, vocab) copy of the tied embedding for the vocabulary projection; else None.
+def unembedding_for_decoding(model):
+    """On CPU, the vocabulary projection (hidden (B, n_embd) -> logits (B, vocab)) through a copy of the tied
+    embedding laid out for decoding; None elsewhere (GPUs use lm_head as it is).
 
-    The projection is the largest matmul of a decode step (a third of gpt2's weight bytes). Through lm_head it
-    reads the (vocab, n_embd) embedding row by row, which MKL streams at ~13 GB/s on a 2-core EPYC; x @ W with W
-    stored (n_embd, vocab) streams at ~23 GB/s: ~5 ms less per token for gpt2, for one extra copy
-    (154 MB for gpt2, in float32) that lives as long as the generation. GPUs do not need it.
+    The projection is the largest matmul of a decode step (a third of gpt2's weight bytes). Through lm_head, a
+    float32 product reads the (vocab, n_embd) embedding row by row, which MKL streams at ~13 GB/s on a 2-core EPYC;
+    x @ W with W stored (n_embd, vocab) streams at ~23 GB/s: ~5 ms less per token for gpt2. A bf16 model on a CPU
+    that computes bf16 natively uses oneDNN's packed product instead (gpt2lab.cpu_decode). Either way the copy
+    (154 MB for gpt2 in float32, 77 MB in bf16) lives as long as the generation.
     """
-    weight = model.lm_head.weight
+    weight = model.lm_head.weight.detach()
     if weight.device.type != "cpu":
         return None
-    return weight.detach().t().contiguous()
+    if cpu_decode.uses_packed_bf16(weight, weight):
+        return cpu_decode.PackedLinear(weight, weight)  # the embedding is (vocab, n_embd): (out, in) as packed
+    transposed = weight.t().contiguous()
+    return lambda hidden: hidden @ transposed
 
 
 # --------------------------------------------------------------------------------------------- next token

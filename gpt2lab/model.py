@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2lab import generate as sampling
+from gpt2lab.cpu_decode import FEW_ROWS, linear_few_rows
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.gpt_config import GPTConfig
 from gpt2lab.hf_format import read_config, read_state_dict, save_model
@@ -66,30 +67,10 @@ class Conv1D(nn.Module):
     def forward(self, x):
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) <= FEW_ROWS and x2d.is_cpu and not torch.is_grad_enabled():
-            y = matmul_few_rows(x2d, self.weight) + self.bias  # decoding: see matmul_few_rows
+            y = linear_few_rows(self, x2d, self.weight, self.bias)  # decoding: see cpu_decode.py
         else:
             y = torch.addmm(self.bias, x2d, self.weight)
         return y.view(*x.shape[:-1], y.size(-1))
-
-
-FEW_ROWS = 16  # up to here the split below measured faster (1.4x at 1 row, 1.05x at 16, slower at 64)
-
-
-def matmul_few_rows(x, w):
-    """x @ w for a handful of rows of x, using every CPU thread.
-
-    Decoding feeds one token per sequence, so each projection multiplies a few rows by a weight matrix: a
-    matrix-vector product whose speed is how fast the weights stream from memory. On CPU, MKL runs these small
-    products on a single thread (~14 GB/s on a 2-core EPYC, and worse for 2-8 rows), so split the inner dimension
-    into one slice per thread, multiply the slices as one batched matmul (which torch spreads over the threads)
-    and add the partial products: ~21 GB/s, decoding ~1.2x faster.
-    """
-    rows, inner = x.shape
-    parts = torch.get_num_threads()
-    if parts < 2 or inner % parts:
-        return x @ w
-    partial = torch.bmm(x.view(rows, parts, inner // parts).transpose(0, 1), w.view(parts, inner // parts, -1))
-    return partial.sum(0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -116,7 +97,7 @@ class CausalSelfAttention(nn.Module):
             v = cache.values[layer, :, :, : past + T]
 
         if past == 0:  # every query sees itself and the positions before it
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = causal_attention(q, k, v)
         elif T == 1:  # one new token attends to everything cached: no mask needed
             y = F.scaled_dot_product_attention(q, k, v)
         else:  # several new tokens after a cached prefix: query i sees keys 0 .. past + i
@@ -124,6 +105,32 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
+
+
+# Up to this many positions a bf16 CPU forward + backward is faster through explicit_causal_attention than
+# through SDPA's flash kernel (measured, see there); beyond it the (T, T) scores cost more than they save.
+EXPLICIT_ATTENTION_MAX_T = 256
+
+
+def causal_attention(q, k, v):
+    """Causal self-attention of whole sequences, (B, n_head, T, head_dim) each: training, evaluation, prefill."""
+    if q.is_cpu and q.dtype == torch.bfloat16 and q.size(-2) <= EXPLICIT_ATTENTION_MAX_T:
+        return explicit_causal_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def explicit_causal_attention(q, k, v):
+    """softmax(q kᵀ / sqrt(head_dim) + causal mask) v, written out: the same attention as SDPA's, in plain ops.
+
+    Why: on CPUs, SDPA runs bf16 through its flash kernel, whose backward pass is slow there (on a 2-core
+    AVX512-BF16 EPYC at T=256 its forward + backward took 1.7x as long as this). Written out, the two products go
+    to oneDNN's bf16 matmuls, and the (T, T) scores are small at the lengths CPUs train at. The softmax runs in
+    the scores' dtype (torch accumulates bf16 softmax in float32), as flash attention's probabilities are bf16 too.
+    """
+    T = q.size(-2)
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # scale the (T, d) queries, not the (T, T) scores
+    future = torch.full((T, T), float("-inf"), dtype=scores.dtype, device=q.device).triu(1)
+    return torch.softmax(scores + future, dim=-1) @ v
 
 
 class MLP(nn.Module):

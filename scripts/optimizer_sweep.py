@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def run_arm(arm: str) -> None:
     print(f"== {arm}: {' '.join(train_command(arm)[2:])}", flush=True)
     with open(SWEEP_DIR / f"{arm}.log", "a") as log:
         subprocess.run(train_command(arm), cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
-    result = subprocess.run(eval_command(arm), cwd=ROOT, check=True, capture_output=True, text=True)
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the training did (`gpt2lab eval` has no thread flag)
+    result = subprocess.run(eval_command(arm), cwd=ROOT, check=True, capture_output=True, text=True, env=one_thread)
     (run / "val_full.json").write_text(result.stdout)
 
 

@@ -40,3 +40,31 @@ def test_autocast_context():
             assert (a @ a).dtype == torch.float32
     with autocast(CPU, torch.bfloat16):
         assert (a @ a).dtype == torch.bfloat16
+
+
+def test_sampling_dtype_auto_is_bf16_where_it_decodes_faster(monkeypatch):
+    from gpt2lab import cpu_decode
+    from gpt2lab.device import decoding_dtype
+
+    assert decoding_dtype("float32", CPU) == torch.float32 and decoding_dtype("bfloat16", CPU) == torch.bfloat16
+    monkeypatch.setattr(cpu_decode, "packing_available", lambda: True)  # native bf16 + oneDNN's packed product
+    assert decoding_dtype("auto", CPU) == torch.bfloat16
+    monkeypatch.setattr(cpu_decode, "packing_available", lambda: False)  # emulated bf16: slower than fp32
+    assert decoding_dtype("auto", CPU) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert decoding_dtype("auto", CUDA) == torch.bfloat16
+    assert decoding_dtype("auto", torch.device("mps")) == torch.float32
+    with pytest.raises(GPT2LabError, match="unknown dtype 'float64'"):
+        decoding_dtype("float64", CPU)
+
+
+def test_sample_reports_the_dtype_auto_picked(tmp_path, capsys):
+    from gpt2lab.cli import main
+    from gpt2lab.device import decoding_dtype
+    from gpt2lab.gpt_config import GPTConfig
+    from gpt2lab.model import GPT
+
+    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=50257)).save_pretrained(tmp_path / "m")
+    assert main(["sample", str(tmp_path / "m"), "--num-samples", "1", "--max-new-tokens", "3", "--prompt", "Hi"]) == 0
+    picked = str(decoding_dtype("auto", CPU)).removeprefix("torch.")
+    assert capsys.readouterr().err.rstrip().endswith(f", {picked} (auto)]")

@@ -149,3 +149,53 @@ def test_kv_cache_takes_several_tokens_after_a_cached_prefix():
         pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 7), (7, 8), (8, 15), (15, 20))]
     assert cache.pos == 20
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_attention_is_sdpas_causal_attention():
+    """In float32 the written-out form equals SDPA's (forward and every gradient) to float rounding; in bf16 it stays
+    within bf16 rounding of the float32 result, as SDPA's own bf16 kernel does."""
+    import torch.nn.functional as F
+
+    from gpt2lab.model import explicit_causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 37, 16, dtype=torch.float64) for _ in range(3))
+    grad = torch.randn(2, 3, 37, 16, dtype=torch.float64)
+
+    def run(fn, dtype):
+        inputs = [t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*inputs)
+        out.backward(grad.to(dtype))
+        return [out.double(), *(t.grad.double() for t in inputs)]
+
+    def sdpa(*qkv):
+        return F.scaled_dot_product_attention(*qkv, is_causal=True)
+
+    exact = run(sdpa, torch.float64)
+    for got, want in zip(run(explicit_causal_attention, torch.float32), exact):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(run(explicit_causal_attention, torch.bfloat16), exact):
+        assert (got - want).abs().max() <= 0.03 * want.abs().max()  # bf16: 8 bits of mantissa
+    flash_error = max((g - w).abs().max() for g, w in zip(run(sdpa, torch.bfloat16), exact))
+    ours_error = max((g - w).abs().max() for g, w in zip(run(explicit_causal_attention, torch.bfloat16), exact))
+    assert ours_error <= 2 * flash_error  # no less accurate than the kernel it replaces
+
+
+def test_bf16_cpu_training_lengths_take_the_explicit_attention(monkeypatch):
+    """Up to EXPLICIT_ATTENTION_MAX_T positions (and only in bf16 on a CPU) the model calls the written-out form."""
+    from gpt2lab import model as model_module
+
+    calls = []
+    real = model_module.explicit_causal_attention
+    monkeypatch.setattr(model_module, "explicit_causal_attention", lambda *qkv: calls.append(qkv[0].shape) or real(*qkv))
+    model = tiny_gpt()
+    idx = torch.randint(0, ODD["vocab_size"], (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(idx)
+    assert len(calls) == model.config.n_layer and calls[0][-2] == 9
+    calls.clear()
+    model(idx)  # float32: SDPA
+    monkeypatch.setattr(model_module, "EXPLICIT_ATTENTION_MAX_T", 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(idx)  # longer than the limit: SDPA
+    assert calls == []

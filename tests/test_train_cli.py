@@ -48,6 +48,14 @@ def test_config_layers_file_overrides_and_toml_round_trip(tmp_path):
             reproduction.schedule.max_steps, reproduction.model.vocab_size) == (6e-4, 6e-5, 715, 19073, 50304)
 
 
+def test_the_muon_reproduction_preset_is_the_same_run_in_a_third_of_the_tokens():
+    adamw, muon = resolve_config("gpt2-124m-fineweb-edu"), resolve_config("gpt2-124m-fineweb-edu-muon")
+    assert (muon.model, muon.data, muon.eval) == (adamw.model, adamw.data, adamw.eval)  # same model, data, batch
+    assert muon.optim.name == "muon" and muon.schedule.name == "wsd"
+    tokens = lambda config: config.schedule.max_steps * config.data.total_batch_tokens  # noqa: E731
+    assert tokens(muon) <= tokens(adamw) / 3
+
+
 def test_config_errors_name_the_key_and_suggest():
     with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
         resolve_config(overrides=[("optim.lrr", "1")])
