@@ -46,6 +46,7 @@ def test_packed_bf16_product_is_the_product_rounded_to_bf16(rows):
 def test_conv1d_decodes_bf16_through_a_packed_weight_that_follows_the_weight():
     torch.manual_seed(0)
     layer = Conv1D(64, 192).to(torch.bfloat16)
+    torch.nn.init.normal_(layer.weight, std=0.1)  # Conv1D leaves its weight uninitialised (GPT inits it)
     torch.nn.init.normal_(layer.bias)
     x = torch.randn(2, 1, 64).bfloat16()
     with torch.no_grad():
