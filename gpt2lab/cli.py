@@ -497,9 +497,10 @@ def add_bench_command(commands) -> None:
         description="Run our implementation and the alternative alternately on the same config, dtype and "
         "inputs (warm-up excluded, several repetitions) and print median tokens/s, ms per iteration, the ratio "
         "ours/theirs, peak memory and, for training, the fraction of the measured matmul peak. Needs "
-        "transformers (pip install 'gpt2lab[bench]') except for --no-compare and prepare.",
+        "transformers (pip install 'gpt2lab[bench]') except for --no-compare, prepare and serve (which compares "
+        "concurrent requests to one-by-one ones, and needs the serve extra).",
     )
-    p.add_argument("mode", choices=["train", "generate", "prepare"])
+    p.add_argument("mode", choices=["train", "generate", "prepare", "serve"])
     p.add_argument("--model", default="gpt2", choices=["gpt2", "tiny"],
                    help="model shape, random weights (default gpt2 = 124M; tiny = a 2-layer smoke test)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
@@ -510,7 +511,9 @@ def add_bench_command(commands) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="train: sequence length (default 256)")
     p.add_argument("--iters", type=int, default=3, help="train: timed steps per repetition (default 3)")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8], help="generate: batch sizes (default 1,8)")
-    p.add_argument("--new-tokens", type=int, default=256, help="generate: tokens per sequence (default 256)")
+    p.add_argument("--new-tokens", type=int, default=256, help="generate, serve: tokens per sequence (default 256)")
+    p.add_argument("--clients", type=int, default=8,
+                   help="serve: requests sent at once, compared with the same requests one by one (default 8)")
     p.add_argument("--no-cache-baseline", action="store_true",
                    help="generate: also time the loop without a KV cache (recompute the context every token; slow)")
     p.add_argument("--text-repeat", type=int, default=2,
@@ -526,7 +529,7 @@ def run_bench(args) -> int:
     from gpt2lab.atomic import writable_file
     from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
 
-    for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
+    for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats", "clients"):
         if getattr(args, flag) < 1:
             raise GPT2LabError(f"--{flag.replace('_', '-')} must be at least 1")
     if any(b < 1 for b in args.batch_sizes):
@@ -543,6 +546,9 @@ def run_bench(args) -> int:
             raise GPT2LabError(f"--seq-len {args.seq_len} is longer than the {args.model} context of {config.block_size}")
         report = bench.bench_train(config, args.batch_size, args.seq_len, device, dtypes, args.iters,
                                    repeats=args.repeats, compare=not args.no_compare)
+    elif args.mode == "serve":
+        report = bench.bench_serve(config, clients=args.clients, new_tokens=args.new_tokens, device=device,
+                                   dtype=dtypes[0], repeats=args.repeats)
     elif args.mode == "generate":
         report = bench.bench_generate(config, args.batch_sizes, args.new_tokens, device=device, dtypes=dtypes,
                                       repeats=args.repeats, compare=not args.no_compare,

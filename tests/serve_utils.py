@@ -11,44 +11,15 @@ import time
 import urllib.error
 import urllib.request
 
-from gpt2lab.serve.config import Limits, ServeConfig, parse_model_specs
+from gpt2lab.serve.config import Limits, ServeConfig
+from gpt2lab.serve.server import BackgroundServer
 
 
-class LiveServer:
+class LiveServer(BackgroundServer):
     def __init__(self, specs: list[str], limits: Limits | None = None, batch_size: int = 4):
-        self.specs, self.limits, self.batch_size = specs, limits or Limits(), batch_size
-
-    def __enter__(self) -> LiveServer:
-        import uvicorn
-
-        from gpt2lab.serve.api import create_app
-        from gpt2lab.serve.engine import Scheduler
-        from gpt2lab.serve.server import bind, load_models, url
-        from gpt2lab.tokenizer import get_tokenizer
-
-        config = ServeConfig(models=self.specs, device="cpu", batch_size=self.batch_size, limits=self.limits)
-        self.tokenizer = get_tokenizer()
-        self.models = load_models(parse_model_specs(self.specs), config, self.tokenizer, log=lambda line: None)
-        self.engines = {m.id: m.engine for m in self.models}
-        self.scheduler = Scheduler(list(self.engines.values()))
-        self.scheduler.start()
-        app = create_app(self.models, self.scheduler, self.tokenizer, self.limits)
-        self.sock = bind("127.0.0.1", 0)
-        self.url = url("127.0.0.1", self.sock.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.scheduler.stop()
-        self.sock.close()
+        super().__init__(ServeConfig(models=specs, device="cpu", port=0, batch_size=batch_size,
+                                     limits=limits or Limits()))
+        self.limits = self.config.limits
 
     def post(self, path: str, body, timeout: float = 60) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

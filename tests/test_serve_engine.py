@@ -13,13 +13,16 @@ from gpt2lab.tokenizer import get_tokenizer
 from tests.conftest import ODD, tiny_gpt
 
 
-def test_slot_cache_rows_of_different_lengths_give_each_sequence_its_own_logits():
+def test_slot_cache_rows_of_different_lengths_give_each_sequence_its_own_logits(monkeypatch):
     """Prompts of different lengths enter at different steps; a row is freed and refilled from the last one.
     Every logit equals the sequence's own full forward pass, computed without any cache."""
     model = tiny_gpt(seed=2)
     g = torch.Generator().manual_seed(0)
     sequences = [torch.randint(0, ODD["vocab_size"], (n,), generator=g).tolist() for n in (5, 9, 2, 7)]
-    cache, rows = SlotCache(model, rows=3), []  # rows[i]: (sequence number, tokens so far)
+    with monkeypatch.context() as m:  # memory the allocator recycles may hold anything, NaN included
+        m.setattr(torch, "empty", lambda shape, **kw: torch.full(shape, float("nan"), **kw))
+        cache = SlotCache(model, rows=3)
+    rows = []  # rows[i]: (sequence number, tokens so far)
 
     def check(checked_rows, row_logits):
         assert len(checked_rows) == len(row_logits)

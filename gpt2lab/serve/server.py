@@ -139,3 +139,49 @@ def serve(config: ServeConfig, log=_say) -> int:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+class BackgroundServer:
+    """A server in a thread of this process, on a loopback port of its own (port 0: a free one), for as long as
+    the `with` block lasts: `gpt2lab bench serve` measures it, the tests drive it. `url`, `engines` (by model id)
+    and `tokenizer` are set inside the block."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+
+    def __enter__(self) -> BackgroundServer:
+        require_serve_extra()
+        import threading
+        import time
+
+        import uvicorn
+
+        from gpt2lab.serve.api import create_app
+        from gpt2lab.serve.engine import Scheduler
+        from gpt2lab.tokenizer import get_tokenizer
+
+        self.config.check()
+        self.tokenizer = get_tokenizer()
+        models = load_models(parse_model_specs(self.config.models), self.config, self.tokenizer, log=lambda _: None)
+        self.engines = {m.id: m.engine for m in models}
+        self.scheduler = Scheduler(list(self.engines.values()))
+        self.scheduler.start()
+        self.sock = bind(self.config.host, self.config.port)
+        self.url = url(self.config.host, self.sock.getsockname()[1])
+        app = create_app(models, self.scheduler, self.tokenizer, self.config.limits)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.__exit__()
+                raise RuntimeError("the background server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.scheduler.stop()
+        self.sock.close()

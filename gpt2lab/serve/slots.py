@@ -29,8 +29,10 @@ class SlotCache:
         self.rows, self.block_size = rows, config.block_size
         shape = (config.n_layer, rows, config.n_head, config.block_size, config.head_dim)
         # Allocated once for the whole context of every row: a server's memory does not grow with its traffic.
-        self.keys = torch.empty(shape, device=weight.device, dtype=weight.dtype)
-        self.values = torch.empty(shape, device=weight.device, dtype=weight.dtype)
+        # Zeros, not empty: a decode step reads every row up to the longest row's length, masking what lies
+        # beyond a shorter row's own; a masked score weighs 0, but 0 x NaN (garbage in recycled memory) is NaN.
+        self.keys = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        self.values = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
         self.lengths = [0] * rows  # positions filled in each row (a Python list: no device sync to read it)
 
     def prefill(self, first: int, lengths: list[int]) -> _Prefill:
