@@ -502,9 +502,10 @@ def add_bench_command(commands) -> None:
         description="Run our implementation and the alternative alternately on the same config, dtype and "
         "inputs (warm-up excluded, several repetitions) and print median tokens/s, ms per iteration, the ratio "
         "ours/theirs, peak memory and, for training, the fraction of the measured matmul peak. Needs "
-        "transformers (pip install 'gpt2lab[bench]') except for --no-compare and prepare.",
+        "transformers (pip install 'gpt2lab[bench]') except for --no-compare, prepare and serve (which compares "
+        "concurrent requests to one-by-one ones, and needs the serve extra).",
     )
-    p.add_argument("mode", choices=["train", "generate", "prepare"])
+    p.add_argument("mode", choices=["train", "generate", "prepare", "serve"])
     p.add_argument("--model", default="gpt2", choices=["gpt2", "tiny"],
                    help="model shape, random weights (default gpt2 = 124M; tiny = a 2-layer smoke test)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
@@ -515,7 +516,9 @@ def add_bench_command(commands) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="train: sequence length (default 256)")
     p.add_argument("--iters", type=int, default=3, help="train: timed steps per repetition (default 3)")
     p.add_argument("--batch-sizes", type=_csv(int), default=[1, 8], help="generate: batch sizes (default 1,8)")
-    p.add_argument("--new-tokens", type=int, default=256, help="generate: tokens per sequence (default 256)")
+    p.add_argument("--new-tokens", type=int, default=256, help="generate, serve: tokens per sequence (default 256)")
+    p.add_argument("--clients", type=int, default=8,
+                   help="serve: requests sent at once, compared with the same requests one by one (default 8)")
     p.add_argument("--no-cache-baseline", action="store_true",
                    help="generate: also time the loop without a KV cache (recompute the context every token; slow)")
     p.add_argument("--text-repeat", type=int, default=2,
@@ -531,7 +534,7 @@ def run_bench(args) -> int:
     from gpt2lab.atomic import writable_file
     from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
 
-    for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats"):
+    for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats", "clients"):
         if getattr(args, flag) < 1:
             raise GPT2LabError(f"--{flag.replace('_', '-')} must be at least 1")
     if any(b < 1 for b in args.batch_sizes):
@@ -548,6 +551,9 @@ def run_bench(args) -> int:
             raise GPT2LabError(f"--seq-len {args.seq_len} is longer than the {args.model} context of {config.block_size}")
         report = bench.bench_train(config, args.batch_size, args.seq_len, device, dtypes, args.iters,
                                    repeats=args.repeats, compare=not args.no_compare)
+    elif args.mode == "serve":
+        report = bench.bench_serve(config, clients=args.clients, new_tokens=args.new_tokens, device=device,
+                                   dtype=dtypes[0], repeats=args.repeats)
     elif args.mode == "generate":
         report = bench.bench_generate(config, args.batch_sizes, args.new_tokens, device=device, dtypes=dtypes,
                                       repeats=args.repeats, compare=not args.no_compare,
@@ -568,9 +574,55 @@ def run_bench(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- serve
+
+
+def add_serve_command(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="serve models over an OpenAI-compatible completions API, with a playground page",
+        description="Serve one or more models over HTTP: OpenAI's completions API (GET /v1/models, POST "
+        "/v1/completions, streaming included; top_k as an extension), GET /health, and a playground page at /. "
+        "Concurrent requests are batched together. Each MODEL is served under its own name, or NAME=MODEL. "
+        "Listens on 127.0.0.1 (this machine only) unless --host says otherwise. "
+        "Needs the serve extra: pip install 'gpt2lab[serve]'.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP + "; NAME=MODEL serves it as NAME")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 = every "
+                   "network: anyone who can reach it can use it)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (default auto, as for "
+                   "`gpt2lab sample`: bfloat16 where it decodes faster, else float32)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="completions each model generates together; each holds a KV cache for the whole context "
+                   "(default 8)")
+    p.add_argument("--max-tokens", type=int, default=256, metavar="N", help="the most max_tokens a request may "
+                   "ask for (default 256)")
+    p.add_argument("--max-prompt-tokens", type=int, metavar="N", help="longest prompt accepted, in tokens "
+                   "(default: the model's context minus one)")
+    p.add_argument("--max-n", type=int, default=8, metavar="N", help="completions per request, prompts x n "
+                   "(default 8)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
+                   help="largest request body (default 1 MiB)")
+    p.add_argument("--max-concurrent-requests", type=int, default=32, metavar="N",
+                   help="requests accepted at once, running or waiting; more get HTTP 429 (default 32)")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> int:
+    from gpt2lab.serve.config import Limits, ServeConfig
+    from gpt2lab.serve.server import serve
+
+    limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_n=args.max_n,
+                    max_body_bytes=args.max_body_bytes, max_concurrent_requests=args.max_concurrent_requests)
+    config = ServeConfig(models=args.models, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+                         batch_size=args.batch_size, limits=limits)
+    return serve(config)
+
+
 # The subcommands, in the order `gpt2lab --help` lists them. Each adds its parser (flags, and `run` set to
 # the function that executes it).
 COMMANDS = [
     add_inspect_command, add_sample_command, add_prepare_command, add_train_command, add_eval_command,
-    add_plot_command, add_bench_command,
+    add_serve_command, add_plot_command, add_bench_command,
 ]

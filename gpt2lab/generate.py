@@ -162,9 +162,9 @@ def generate_stream(
                                      seed=seed, stop_token=stop_token, vocab_size=vocab_size)
     idx = idx.long()
     if isinstance(seed, list):
-        generator = [_generator(s, idx.device) for s in seed]
+        generator = [seeded_generator(s, idx.device) for s in seed]
     else:
-        generator = _generator(seed, idx.device)
+        generator = seeded_generator(seed, idx.device)
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
 
     with torch.no_grad():
@@ -186,7 +186,8 @@ def generate_stream(
             decoder.append(tokens)
 
 
-def _generator(seed: int | None, device) -> torch.Generator:
+def seeded_generator(seed: int | None, device) -> torch.Generator:
+    """A private generator on `device`, seeded with `seed` (None: fresh entropy), apart from the global RNG."""
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()  # fresh entropy from the OS, not from the global RNG

@@ -35,10 +35,17 @@ class KVCache:
 
     Preallocated: a decode step writes one slot per layer instead of concatenating (and so copying) the whole
     past every step. `length` positions are allocated (default: the whole context; a short generation needs
-    only prompt + new tokens, which saves memory with many samples). `pos` is the number of positions filled.
+    only prompt + new tokens, which saves memory with many samples). `pos` is the number of positions filled,
+    the same for every row.
+
+    The model talks to a cache through three methods: `positions` (where the next tokens go), `attend` (store a
+    layer's new keys and values, attend over everything cached) and `advance` (the tokens are in). A cache whose
+    rows hold sequences of different lengths, for serving many requests at once, implements the same three
+    (`gpt2lab.serve.slots`).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32, length=None):
+        self.block_size = config.block_size
         self.length = min(length or config.block_size, config.block_size)
         shape = (config.n_layer, batch_size, config.n_head, self.length, config.head_dim)
         # empty, not zeros: a slot is always written before attention reads it
@@ -48,6 +55,36 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+    def positions(self, T: int, device) -> torch.Tensor:
+        """Positions of the next T tokens, (T,): the same for every row. Refuses tokens that do not fit."""
+        if self.pos + T > self.block_size:
+            raise ContextLengthError(
+                f"sequence of {self.pos + T} tokens is longer than the model's context of "
+                f"{self.block_size} (block_size); crop it to the last {self.block_size} tokens"
+            )
+        if self.pos + T > self.length:
+            raise ContextLengthError(f"KV cache holds {self.length} positions, {self.pos + T} needed; allocate a longer one")
+        return torch.arange(self.pos, self.pos + T, dtype=torch.long, device=device)
+
+    def attend(self, layer: int, q, k, v):
+        """Store layer `layer`'s keys and values of the new tokens after the cached ones, and return the
+        attention of the new queries over all of them. q, k, v: (B, n_head, T, head_dim)."""
+        past, T = self.pos, q.size(2)
+        self.keys[layer, :, :, past : past + T] = k
+        self.values[layer, :, :, past : past + T] = v
+        k = self.keys[layer, :, :, : past + T]
+        v = self.values[layer, :, :, : past + T]
+        if past == 0:  # every query sees itself and the positions before it
+            return causal_attention(q, k, v)
+        if T == 1:  # one new token attends to everything cached: no mask needed
+            return F.scaled_dot_product_attention(q, k, v)
+        # several new tokens after a cached prefix: query i sees keys 0 .. past + i
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def advance(self, T: int) -> None:
+        self.pos += T
 
 
 class Conv1D(nn.Module):
@@ -88,21 +125,10 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            cache.keys[layer, :, :, past : past + T] = k
-            cache.values[layer, :, :, past : past + T] = v
-            k = cache.keys[layer, :, :, : past + T]
-            v = cache.values[layer, :, :, : past + T]
-
-        if past == 0:  # every query sees itself and the positions before it
+        if cache is None:  # every query sees itself and the positions before it
             y = causal_attention(q, k, v)
-        elif T == 1:  # one new token attends to everything cached: no mask needed
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # several new tokens after a cached prefix: query i sees keys 0 .. past + i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = cache.attend(layer, q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
 
@@ -204,27 +230,27 @@ class GPT(nn.Module):
     def hidden_states(self, idx, cache: KVCache | None = None):
         """idx (B, T) -> (B, T, n_embd): the final LayerNorm's output, which lm_head projects onto the vocabulary."""
         B, T = idx.size()
-        past = cache.pos if cache is not None else 0
-        if past + T > self.config.block_size:
+        if cache is not None:
+            pos = cache.positions(T, idx.device)  # (T,), or (B, T) when rows have their own lengths
+        elif T > self.config.block_size:
             raise ContextLengthError(
-                f"sequence of {past + T} tokens is longer than the model's context of "
+                f"sequence of {T} tokens is longer than the model's context of "
                 f"{self.config.block_size} (block_size); crop it to the last {self.config.block_size} tokens"
             )
-        if cache is not None and past + T > cache.length:
-            raise ContextLengthError(f"KV cache holds {cache.length} positions, {past + T} needed; allocate a longer one")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
+        else:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, last_logits_only: bool = False):
         """idx (B, T) token ids -> (logits, loss).
 
         targets (B, T): next-token ids, -100 where no loss is wanted; the loss is their mean cross-entropy.
-        cache: continue after the `cache.pos` positions it holds (and append these T to it).
+        cache: continue after the positions it holds (and append these T to it).
         last_logits_only: compute the vocabulary projection for the last position only, all that sampling
         needs; it is the most expensive matmul of a decode step.
         """

@@ -3,6 +3,9 @@
     RUN/config.toml               the resolved training config (train/config.py writes and reads its text)
     RUN/metrics.jsonl             one JSON object per line, always with "step" (`MetricsLog`, `read_metrics`)
     RUN/samples.txt               text sampled during training
+    RUN/tensorboard/              TensorBoard event files (log.tensorboard = true)
+    RUN/wandb/, RUN/wandb_run_id  Weights & Biases' local files, and the id of the W&B run (log.wandb = "PROJECT"),
+                                  so that --resume continues the same W&B run
     RUN/checkpoints/step_%08d/    a Hugging Face GPT-2 directory + training_state.pt (train/checkpointing.py)
     RUN/.gpt2lab.lock             held by the one process that writes the run (dirlock.py)
 
@@ -28,7 +31,9 @@ from gpt2lab.errors import GPT2LabError
 from gpt2lab.hf_format import CONFIG_JSON
 
 CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR = "config.toml", "metrics.jsonl", "samples.txt", "checkpoints"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR)  # what --overwrite removes, nothing else
+TENSORBOARD_DIR, WANDB_DIR, WANDB_ID_FILE = "tensorboard", "wandb", "wandb_run_id"
+# what --overwrite removes, nothing else
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, WANDB_DIR, WANDB_ID_FILE)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -39,6 +44,8 @@ class RunDirectory:
         self.metrics_file = self.path / METRICS_FILE
         self.samples_file = self.path / SAMPLES_FILE
         self.checkpoints_dir = self.path / CHECKPOINTS_DIR
+        self.tensorboard_dir = self.path / TENSORBOARD_DIR
+        self.wandb_id_file = self.path / WANDB_ID_FILE
         self.lock: DirectoryLock | None = None
 
     # --- reading ------------------------------------------------------------------------------------------------
@@ -120,8 +127,11 @@ class RunDirectory:
 
 
 class MetricsLog:
-    def __init__(self, path, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
+    """metrics.jsonl, the record of a run, and the dashboards that show it (`sinks`: TensorBoard, W&B; see
+    train/trackers.py): every record is written to the file first, then handed to each sink."""
+
+    def __init__(self, path, enabled: bool = True, sinks=()):
+        self.path, self.enabled, self.sinks = Path(path), enabled, list(sinks)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -130,6 +140,19 @@ class MetricsLog:
         # One short append per line: a crash loses at most that line.
         with reporting_refusals(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
+        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        for sink in self.sinks:
+            sink.scalars(record["step"], values)
+
+    def write_text(self, step: int, name: str, text: str) -> None:
+        """Text for the dashboards (samples); the run directory keeps its own copy (samples.txt)."""
+        for sink in self.sinks if self.enabled else ():
+            sink.text(step, name, text)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     @staticmethod
     def truncate(path, after_step: int) -> None:

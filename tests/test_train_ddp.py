@@ -37,10 +37,11 @@ def runs(tmp_path_factory):
     single = one_process("--out", tmp / "single", *flags)
     assert single.returncode == 0, single.stderr
     assert "x 1 process(es) x 2 micro-steps" in single.stdout
-    ddp = two_processes("--out", tmp / "ddp", *flags)
+    ddp = two_processes("--out", tmp / "ddp", *flags, "--set", "log.tensorboard=true")
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "x 2 process(es) x 1 micro-steps" in ddp.stdout
     assert ddp.stdout.count("step      1/6") == 1  # only rank 0 logs
+    assert len(list((tmp / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1  # and has the dashboards
     return tmp, flags
 
 

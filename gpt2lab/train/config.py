@@ -106,6 +106,16 @@ class RuntimeSection:
 
 
 @dataclass
+class LogSection:
+    """Dashboards besides RUN/metrics.jsonl (which is always written, and is the record): optional extras."""
+
+    tensorboard: bool = False  # event files in RUN/tensorboard (pip install 'gpt2lab[tensorboard]')
+    wandb: str = ""  # a Weights & Biases project name; empty: off (pip install 'gpt2lab[wandb]')
+    wandb_entity: str = ""  # the W&B team or user; empty: your default entity
+    wandb_run_name: str = ""  # the run's display name in W&B; empty: the run directory's name
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -114,6 +124,7 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    log: LogSection = field(default_factory=LogSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -370,7 +381,7 @@ def read_run_config(run_dir) -> dict:
 
 
 # Fields that may change between a run and its resumption: where/how it runs, how often it reports.
-RESUMABLE_CHANGES = ("model.init", "data.dir", "runtime.", "eval.", "checkpoint.")
+RESUMABLE_CHANGES = ("model.init", "data.dir", "runtime.", "eval.", "checkpoint.", "log.")
 
 
 def incompatible_fields(saved: TrainConfig, new: TrainConfig) -> list[str]:

@@ -31,6 +31,7 @@ from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEvery
 from gpt2lab.train.config import TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
 from gpt2lab.train.metrics import StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer, set_lr
+from gpt2lab.train.trackers import check_trackers, make_sinks
 
 
 class TrainingDiverged(GPT2LabError, FloatingPointError):
@@ -100,6 +101,7 @@ class Trainer:
         self._log = log or print
         self.stop_signal = None
         self.ctx, self.step = distributed.DistContext(), 0
+        self.metrics: MetricsLog | None = None  # set up by setup()
 
     def log(self, line: str) -> None:
         if self.ctx.is_main:
@@ -109,6 +111,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.config
+        check_trackers(cfg.log)  # a missing tracker package is one line now, not an error after the first steps
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         device = resolve_device(cfg.runtime.device)
@@ -148,7 +151,11 @@ class Trainer:
             resumed_step = self.step if checkpoint is not None else None
             self.run_dir.prepare(to_toml(cfg), overwrite=self.overwrite, resumed_step=resumed_step)
         distributed.barrier()
-        self.metrics = MetricsLog(self.run_dir.metrics_file, enabled=self.ctx.is_main)
+        sinks = []  # dashboards: rank 0 only, like metrics.jsonl
+        if self.ctx.is_main:
+            resumed_step = self.step if checkpoint is not None else None
+            sinks = make_sinks(cfg.log, self.run_dir, cfg.to_dict(), resumed_step)
+        self.metrics = MetricsLog(self.run_dir.metrics_file, enabled=self.ctx.is_main, sinks=sinks)
 
     def _lock_run_dir(self) -> None:
         """Rank 0 takes the run directory's lock (creating the directory) before anything else touches it; every
@@ -269,6 +276,8 @@ class Trainer:
             failed = False
             return result
         finally:
+            if self.metrics is not None:
+                self.metrics.close()  # the dashboards' last events are written, the W&B run is finished
             self.run_dir.release(failed)
 
     def _run(self) -> TrainResult:
@@ -410,6 +419,7 @@ class Trainer:
         path = self.run_dir.samples_file
         with reporting_refusals(path), open(path, "a", encoding="utf-8") as f:
             f.write(block)
+        self.metrics.write_text(self.step, "samples", block)
         self.log(f"step {self.step}: sample: {texts[0][:200]!r}")
 
     # --- console, signals ---------------------------------------------------------------------------------
