@@ -67,6 +67,18 @@ def test_update_scale_follows_the_in_out_layout_and_qkv_split():
         assert 0.6 < float(s.min()) and float(s.max()) < 1.25, (i, s)
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_a_batch_of_matrices_is_orthogonalised_each_on_its_own(split):
+    """Muon batches the matrices of one shape: each result is the one it gets alone (not mixed with the others')."""
+    from gpt2lab.train.muon import orthogonalised_updates
+
+    batch = torch.stack([with_spectrum(16, 48, seed=i)[0] * (10 ** i) for i in range(3)])
+    together = orthogonalised_updates(batch, 5, split, torch.float32)
+    for i in range(3):
+        torch.testing.assert_close(together[i], orthogonalised_update(batch[i], 5, split, torch.float32),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_grouping_blocks_matrices_to_muon_the_rest_to_adamw():
     model = GPT(GPTConfig(**TINY_GPT))
     expected = [f"transformer.h.{i}.{m}.weight" for i in range(2)
@@ -114,12 +126,14 @@ def test_muon_trains_a_tiny_model_and_differs_from_adamw(tmp_path, monkeypatch):
     data = write_dataset(tmp_path / "data")
     calls = []
     real = muon_module.newton_schulz
-    monkeypatch.setattr(muon_module, "newton_schulz", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # each call: the matrices of one shape, batched (their count: the leading dims)
+    monkeypatch.setattr(muon_module, "newton_schulz", lambda G, *a, **k: calls.append(G.shape[:-2].numel()) or real(G, *a, **k))
     logged = []
     # the tiny model's loss is mostly the embeddings' (AdamW's in both runs): a higher AdamW lr makes 20 steps enough
     fast = dict(optim__lr=1e-2, optim__min_lr=1e-3)
     train(tiny_config(data, optim__name="muon", **fast), tmp_path / "muon", log=logged.append)
-    assert len(calls) == 20 * 8  # every step orthogonalised all 8 matrices
+    assert sum(calls) == 20 * 8  # every step orthogonalised all 8 matrices,
+    assert len(calls) == 20 * 4  # in one batch per shape (c_attn, attn c_proj, c_fc, mlp c_proj)
     assert any(line.startswith("optimizer: Muon (lr 0.02") for line in logged)
     train(tiny_config(data, **fast), tmp_path / "adamw", log=quiet)
     m, a = losses(tmp_path / "muon"), losses(tmp_path / "adamw")
@@ -286,9 +300,9 @@ def _shared_orthogonalisation_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     calls = []
     real = muon_module.newton_schulz
-    muon_module.newton_schulz = lambda *a, **k: calls.append(1) or real(*a, **k)
+    muon_module.newton_schulz = lambda G, *a, **k: calls.append(G.shape[:-2].numel()) or real(G, *a, **k)
     params = _toy_params_after_two_steps()
-    torch.save({"calls": len(calls), "params": [p.detach() for p in params]}, f"{out_dir}/rank{rank}.pt")
+    torch.save({"calls": calls, "params": [p.detach() for p in params]}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -310,7 +324,8 @@ def test_ranks_share_the_orthogonalisation_and_agree_with_one_process(tmp_path):
 
     mp.spawn(_shared_orthogonalisation_worker, args=(2, tmp_path / "init", tmp_path), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    assert [r["calls"] for r in ranks] == [3 * 2, 2 * 2]  # matrices 0, 2, 4 on rank 0; 1, 3 on rank 1
+    # per step, matrices 0, 2, 4 on rank 0 (0 and 4 share a shape: one batch), 1 and 3 on rank 1
+    assert [sorted(r["calls"]) for r in ranks] == [[1, 1, 2, 2], [1, 1, 1, 1]]
     params = _toy_params_after_two_steps()
     for r in ranks:
         assert len(r["params"]) == len(params)

@@ -40,8 +40,11 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: tor
     return X.mT if tall else X
 
 
-def orthogonalised_update(update: torch.Tensor, steps: int, split: int, dtype: torch.dtype) -> torch.Tensor:
-    """The Muon step direction for one weight stored (fan_in, fan_out) as our Conv1D keeps it (HF's layout).
+def orthogonalised_updates(updates: torch.Tensor, steps: int, split: int, dtype: torch.dtype) -> torch.Tensor:
+    """The Muon step directions for n weights of one shape, (n, fan_in, fan_out), stored as our Conv1D keeps them
+    (HF's layout), orthogonalised together: one batched Newton-Schulz instead of n small ones, whose fixed cost per
+    matmul dominates for a small model's matrices (the 24 of the demo model: 42 -> 20 ms per step in bf16 on a
+    2-core CPU).
 
     `split` > 1 cuts the output columns into that many equal blocks orthogonalised separately (c_attn's q, k, v).
     Orthogonalising the stored (in, out) matrix is the same as orthogonalising nn.Linear's (out, in) transpose, but
@@ -49,11 +52,16 @@ def orthogonalised_update(update: torch.Tensor, steps: int, split: int, dtype: t
     sqrt(max(1, fan_out / fan_in)) = sqrt(max(1, cols / rows)) here. It makes the update's RMS per element roughly
     independent of the shape (c_fc, 768 -> 3072, gets 2; mlp c_proj, 3072 -> 768, gets 1).
     """
-    fan_in, fan_out = update.shape
-    blocks = update.view(fan_in, split, fan_out // split).transpose(0, 1)  # (split, fan_in, fan_out / split)
-    ortho = newton_schulz(blocks, steps, dtype=dtype).to(update.dtype)
+    n, fan_in, fan_out = updates.shape
+    blocks = updates.view(n, fan_in, split, fan_out // split).transpose(1, 2)  # (n, split, fan_in, fan_out / split)
+    ortho = newton_schulz(blocks, steps, dtype=dtype).to(updates.dtype)
     scale = max(1.0, (fan_out // split) / fan_in) ** 0.5
-    return (ortho * scale).transpose(0, 1).reshape(fan_in, fan_out).contiguous()  # broadcast needs contiguous
+    return (ortho * scale).transpose(1, 2).reshape(n, fan_in, fan_out)  # each [i] contiguous, as broadcast needs
+
+
+def orthogonalised_update(update: torch.Tensor, steps: int, split: int, dtype: torch.dtype) -> torch.Tensor:
+    """The Muon step direction of one weight (fan_in, fan_out): `orthogonalised_updates` of a batch of one."""
+    return orthogonalised_updates(update[None], steps, split, dtype)[0]
 
 
 class Muon(torch.optim.Optimizer):
@@ -64,8 +72,8 @@ class Muon(torch.optim.Optimizer):
                  p = p * (1 - lr * weight_decay) - lr * orthogonalised_update(g).
 
     Under torch.distributed the gradients are already averaged (DDP), so every rank would compute the same
-    updates: instead rank r orthogonalises the matrices i with i % world_size == r, and each update is broadcast
-    from the rank that computed it. The momentum buffers are updated on every rank (cheap, elementwise) and so are
+    updates: instead rank r orthogonalises the matrices i with i % world_size == r (those of one shape together, in
+    one batched Newton-Schulz), and each update is broadcast from the rank that computed it. The momentum buffers are updated on every rank (cheap, elementwise) and so are
     identical everywhere, as the checkpoint (rank 0's state) assumes.
 
     `ns_dtype` (bf16 on GPUs; float32 on CPUs without native bf16, where emulated bf16 is very slow) is a property
@@ -97,8 +105,8 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        pending = []  # (param, group, update, work handle)
-        index = 0  # over all Muon matrices, in order: the same on every rank
+        matrices = []  # [param, group, update or None]: every Muon matrix, in the same order on every rank
+        mine = {}  # (shape, split, ns_steps) -> [(position in matrices, direction)]: this rank's to orthogonalise
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:  # the same on every rank: DDP gives every rank the same set of gradients
@@ -108,15 +116,21 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(p.grad)
-                owner = index % world
-                index += 1
-                if owner == rank:
+                if len(matrices) % world == rank:
                     g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                    update = orthogonalised_update(g, group["ns_steps"], group["split"], self.ns_dtype)
-                else:
-                    update = torch.empty_like(p)
-                work = dist.broadcast(update, src=owner, async_op=True) if distributed else None
-                pending.append((p, group, update, work))
+                    mine.setdefault((tuple(p.shape), group["split"], group["ns_steps"]), []).append((len(matrices), g))
+                matrices.append([p, group, None])
+        for (_, split, steps), directions in mine.items():  # matrices of one shape: one batched Newton-Schulz
+            updates = orthogonalised_updates(torch.stack([g for _, g in directions]), steps, split, self.ns_dtype)
+            for (position, _), update in zip(directions, updates):
+                matrices[position][2] = update
+        pending = []
+        for position, (p, group, update) in enumerate(matrices):
+            if distributed:  # each update comes from the rank that computed it; issued in the same order everywhere
+                update = update if update is not None else torch.empty_like(p)
+                pending.append((p, group, update, dist.broadcast(update, src=position % world, async_op=True)))
+            else:
+                pending.append((p, group, update, None))
         for p, group, update, work in pending:
             if work is not None:
                 work.wait()
