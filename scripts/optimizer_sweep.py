@@ -68,18 +68,27 @@ ARMS: dict[str, list[str]] = {
     "muon-0.02": muon(0.02),
     "muon-0.04": muon(0.04),
     # the AdamW part of a Muon run: the tied embedding/head is most of this small model's parameters
-    "muon-0.01-adam-1e-3": muon(0.01, 1e-3),
     "muon-0.01-adam-4e-3": muon(0.01, 4e-3),
+    "muon-0.01-adam-8e-3": muon(0.01, 8e-3),
+    "muon-0.01-adam-1.6e-2": muon(0.01, 1.6e-2),
     # warmup-stable-decay (the last 20 % of steps cool down linearly), at the best cosine LRs and a neighbour
     "adamw-1e-3-wsd": adamw(1e-3, **WSD),
     "adamw-2e-3-wsd": adamw(2e-3, **WSD),
     "muon-0.01-wsd": muon(0.01, **WSD),
     "muon-0.02-wsd": muon(0.02, **WSD),
+    "adamw-5e-4-wsd": adamw(5e-4, **WSD),
+    "muon-0.005-wsd": muon(0.005, **WSD),
+    # the best of each: Muon 0.01, AdamW part 8e-3, c_attn as three matrices, warmup-stable-decay
+    "muon-0.01-adam-8e-3-split-qkv-wsd": muon(0.01, 8e-3, optim__muon_split_qkv="true", **WSD),
     # c_attn orthogonalised as three matrices (q, k, v) instead of one
     "muon-0.01-split-qkv": muon(0.01, optim__muon_split_qkv="true"),
+    "muon-0.01-adam-4e-3-split-qkv": muon(0.01, 4e-3, optim__muon_split_qkv="true"),
     # second seed (weights and data order) for the best settings
     "adamw-1e-3-s2": adamw(1e-3, **SEED2),
     "muon-0.01-s2": muon(0.01, **SEED2),
+    "muon-0.01-adam-4e-3-s2": muon(0.01, 4e-3, **SEED2),
+    "adamw-1e-3-wsd-s2": adamw(1e-3, **WSD, **SEED2),
+    "muon-0.01-adam-8e-3-split-qkv-wsd-s2": muon(0.01, 8e-3, optim__muon_split_qkv="true", **WSD, **SEED2),
 }
 
 

@@ -94,9 +94,10 @@ def test_grouping_blocks_matrices_to_muon_the_rest_to_adamw():
     assert sorted(muon_params + adamw_params) == sorted(names.values())  # each exactly once (tied head once)
     assert {n for g in optimizer.optimizers["adamw"].param_groups if g["weight_decay"] for n in
             (names[id(p)] for p in g["params"])} == {"transformer.wte.weight", "transformer.wpe.weight"}
-    assert [g["split"] for g in optimizer.optimizers["muon"].param_groups] == [1, 1]
-    split = make_optimizer(model, OptimSection(name="muon", muon_split_qkv=True), CPU)
-    assert [(g["split"], len(g["params"])) for g in split.optimizers["muon"].param_groups] == [(1, 6), (3, 2)]
+    # c_attn as three matrices (q, k, v) by default, as one if asked
+    assert [(g["split"], len(g["params"])) for g in optimizer.optimizers["muon"].param_groups] == [(1, 6), (3, 2)]
+    fused = make_optimizer(model, OptimSection(name="muon", muon_split_qkv=False), CPU)
+    assert [g["split"] for g in fused.optimizers["muon"].param_groups] == [1, 1]
     line = describe_optimizer(model, OptimSection(name="muon"))
     n_muon = sum(p.numel() for n, p in model.named_parameters() if n in expected)
     assert f"on 8 block matrices ({n_muon:,} parameters" in line and "AdamW (lr 0.0006) on 20 tensors" in line
@@ -132,7 +133,7 @@ def test_muon_trains_a_tiny_model_and_differs_from_adamw(tmp_path, monkeypatch):
     # the tiny model's loss is mostly the embeddings' (AdamW's in both runs): a higher AdamW lr makes 20 steps enough
     fast = dict(optim__lr=1e-2, optim__min_lr=1e-3)
     train(tiny_config(data, optim__name="muon", **fast), tmp_path / "muon", log=logged.append)
-    assert sum(calls) == 20 * 8  # every step orthogonalised all 8 matrices,
+    assert sum(calls) == 20 * (6 + 2 * 3)  # every step orthogonalised all 8 matrices (c_attn's as q, k, v),
     assert len(calls) == 20 * 4  # in one batch per shape (c_attn, attn c_proj, c_fc, mlp c_proj)
     assert any(line.startswith("optimizer: Muon (lr 0.02") for line in logged)
     train(tiny_config(data, **fast), tmp_path / "adamw", log=quiet)
