@@ -1,0 +1,79 @@
+"""The dry run's memory estimate against the measured peak of real training: each config is planned by
+`gpt2lab train --dry-run --json` and then trained for 10 steps by `gpt2lab train`, both in fresh subprocesses, and
+the trainer's peak resident set size is read as `/usr/bin/time -v` reads it (`wait4`'s ru_maxrss). The configs vary
+depth, width, micro-batch, context, vocabulary, precision, optimizer and accumulation, and in each of them the
+model's own memory (weights, optimizer state, activations, the B x T x vocab loss buffers) is most of the peak, so
+the process's fixed runtime (~0.3 GiB) cannot carry the comparison.
+
+Why 10 steps: on a CPU the trainer's glibc heap fragments over the first steps and the peak settles by then (see
+gpt2lab.memory.CPU_HEAP_SLACK); the estimate is for the settled peak. Not here: the fp32 demo shape (6 x 128,
+B=8 x T=128, AdamW), whose own peak ranged from 1,183 to 1,832 MiB over six runs (how its four 200 MB loss
+buffers happen to fit the fragmented heap), so that no estimate is within 20 % of every run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from train_utils import cli_flags, write_dataset
+
+STEPS = 10
+BASE = {"schedule__max_steps": STEPS, "schedule__warmup_steps": 2, "eval__val_batches": 0,
+        "checkpoint__every": 1000, "checkpoint__keep": 1}
+CONFIGS = {
+    "6 layers x 128, B=8 x T=128, bf16, Muon": dict(
+        model__n_layer=6, model__n_head=4, model__n_embd=128, model__block_size=128, data__seq_len=128,
+        data__batch_size=8, data__total_batch_tokens=1024, runtime__precision="bf16", optim__name="muon"),
+    "8 layers x 384, B=4 x T=128, vocab 50257, fp32": dict(
+        model__n_layer=8, model__n_head=6, model__n_embd=384, model__block_size=128, model__vocab_size=50257,
+        data__seq_len=128, data__batch_size=4, data__total_batch_tokens=512),
+    "4 layers x 256, B=4 x T=256, fp32": dict(
+        model__n_layer=4, model__n_head=4, model__n_embd=256, model__block_size=256, data__seq_len=256,
+        data__batch_size=4, data__total_batch_tokens=1024),
+    "3 layers x 512, B=8 x T=128, bf16": dict(
+        model__n_layer=3, model__n_head=8, model__n_embd=512, model__block_size=128, data__seq_len=128,
+        data__batch_size=8, data__total_batch_tokens=1024, runtime__precision="bf16"),
+    "4 layers x 256, B=4 x T=256, fp32, 2 micro-steps": dict(
+        model__n_layer=4, model__n_head=4, model__n_embd=256, model__block_size=256, data__seq_len=256,
+        data__batch_size=4, data__total_batch_tokens=2048),
+}
+
+
+def measured_peak(args, env) -> int:
+    """Run a command to the end; its peak resident set size in bytes, as /usr/bin/time -v reports it."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    out, err = process.communicate()
+    assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
+    return usage.ru_maxrss * 1024  # Linux: kilobytes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in kilobytes, glibc's heap: Linux")
+def test_estimated_peak_memory_is_within_20_percent_of_the_measured_peak(tmp_path):
+    data = write_dataset(tmp_path / "data", train_tokens=60_000)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    gpt2lab = [sys.executable, "-m", "gpt2lab", "train"]
+    rows, model_dominated = [], 0
+    for i, (name, changes) in enumerate(CONFIGS.items()):
+        flags = cli_flags(data, **{**BASE, **changes})
+        planned = subprocess.run([*gpt2lab, "--dry-run", "--json", *flags], env=env, capture_output=True, text=True)
+        assert planned.returncode == 0, planned.stderr
+        plan = json.loads(planned.stdout)
+        estimate, runtime = plan["memory_per_device_bytes"], plan["memory_breakdown_bytes"]["runtime"]
+        run = tmp_path / f"run{i}"
+        peak = measured_peak([*gpt2lab, "--out", str(run), "--no-progress", *flags], env)
+
+        logged = [r["peak_mem_mb"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                  if "peak_mem_mb" in r]
+        assert len(logged) == STEPS and logged == sorted(logged)  # every one of the first steps; a peak only grows
+        assert logged[-1] * 2**20 <= peak < logged[-1] * 2**20 * 1.2  # the log sees what wait4 sees (+ the save)
+        rows.append(f"{name:<46} estimate {estimate / 2**20:7.0f} MiB  measured {peak / 2**20:7.0f} MiB  "
+                    f"{estimate / peak - 1:+.0%}")
+        model_dominated += (peak - runtime) > 0.5 * peak
+        assert abs(estimate - peak) <= 0.2 * peak, "\n".join(rows)
+    print("\n" + "\n".join(rows))
+    assert model_dominated == len(CONFIGS)  # the fixed runtime is not what makes the comparison pass
