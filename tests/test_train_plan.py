@@ -79,6 +79,16 @@ def test_dry_run_without_prepared_data_still_plans(tmp_path, capsys):
     assert not (tmp_path / "not-prepared-yet").exists()
 
 
+def test_a_fine_tune_is_planned_from_the_model_it_starts_from(tmp_path, capsys, tiny_model_dir):
+    data = write_dataset(tmp_path / "data")
+    local = dry_run_json(capsys, *cli_flags(data), "--init", tiny_model_dir)
+    assert local["params"] == GPT.from_pretrained(tiny_model_dir).num_parameters() and local["n_layer"] == 3
+    released = dry_run_json(capsys, *cli_flags(data), "--init", "gpt2", "--data.seq_len", "16")
+    assert released["params"] == 124_439_808  # the released shape, known without downloading anything
+    one_line_error(run_main(capsys, "train", "--dry-run", *cli_flags(data), "--init", "someone/not-cached-here"),
+                   "without its config.json", "downloads nothing")
+
+
 def test_dry_run_takes_the_world_size_from_torchrun_or_plan_gpus(tmp_path, capsys):
     data = write_dataset(tmp_path / "data")
     flags = cli_flags(data, data__batch_size=2, data__total_batch_tokens=256)
@@ -268,7 +278,6 @@ def test_auto_backs_off_when_a_gpu_runs_out_of_memory(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ...")
 
     monkeypatch.setattr(plan, "_trial_step", trial)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     assert plan.confirm_batch_size(net, [8, 4, 2, 1], 16, torch.device("cpu"), None, 0, log=said.append) == 2
     assert tried == [8, 4, 2] and "8 ran out of memory" in said[0] and "trying 4" in said[0]
     monkeypatch.setattr(plan, "_trial_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))

@@ -33,7 +33,7 @@ GIB = 2**30
 # 0.80 GFLOP per token = 37 % of 989 TFLOP/s); gpt2lab's own GPU MFU is not measured yet (metrics.jsonl logs it).
 # CPUs: the demo preset measured on the development VM against the 1-second matmul peak (see README, Train).
 DEFAULT_MFU = {"cuda": (0.35, "llm.c's 8xH100 GPT-2 124M run measured 37 %"),
-               "cpu": (0.35, "the shakespeare-cpu demo measured 30-40 % of the measured matmul peak")}
+               "cpu": (0.35, "the shakespeare-cpu demo measured 28-39 % of a 1-second bf16 matmul peak")}
 CUDA_CONTEXT_BYTES = 600 * 2**20  # a planned GPU's CUDA context and library workspaces (~0.5-0.6 GiB with torch)
 GPU_USABLE = 0.9  # of a GPU's memory: the rest is headroom for the caching allocator's fragmentation
 CPU_USABLE = 0.8  # of the memory available on a CPU, for "auto": the estimate is good to ~20 %, not to the byte
@@ -112,8 +112,8 @@ def _resident_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+    except (OSError, ValueError, IndexError):  # no /proc (macOS): the peak so far, close to it after a step
+        return memory.peak_bytes("cpu") or 0
 
 
 def _cpu_name() -> str:
@@ -139,13 +139,16 @@ def architecture(config: TrainConfig) -> GPTConfig:
     if init in PRESETS:
         return GPTConfig.from_preset(init)
     from gpt2lab.hf_format import CONFIG_JSON, read_config
-    from gpt2lab.model_source import _looks_like_path, resolve_model_dir
+    from gpt2lab.model_source import HUB_ALIASES, resolve_model_dir
 
-    if Path(os.path.expanduser(init)).exists() or _looks_like_path(init):
+    if Path(os.path.expanduser(init)).exists():
         return read_config(resolve_model_dir(init))
-    from huggingface_hub import try_to_load_from_cache
+    try:  # a hub id: only what the HF cache already holds (a dry run downloads nothing)
+        from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(init, CONFIG_JSON)
+        cached = try_to_load_from_cache(HUB_ALIASES.get(init, init), CONFIG_JSON)
+    except Exception:  # not a valid hub id either (a path that does not exist, say)
+        cached = None
     if isinstance(cached, str):
         return read_config(Path(cached).parent)
     raise GPT2LabError(f"cannot plan a fine-tune of {init} without its config.json, and a dry run downloads "
@@ -250,15 +253,21 @@ def confirm_batch_size(net, choices: list[int], seq_len: int, device: torch.devi
     for i, batch_size in enumerate(choices):
         try:
             _trial_step(net, batch_size, seq_len, device, amp_dtype, hold_back)
-            return batch_size
         except torch.OutOfMemoryError:
-            net.zero_grad(set_to_none=True)
+            pass  # handled below: until the except block ends, its traceback holds the failed attempt's tensors
+        else:
+            if device.type == "cuda":  # the log's peak_mem_mb is then the training's own
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            return batch_size
+        net.zero_grad(set_to_none=True)
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-            if i + 1 == len(choices):
-                raise GPT2LabError(f"data.batch_size auto: even 1 sequence of {seq_len} tokens runs out of memory on "
-                                   f"{device}; lower data.seq_len or use a smaller model") from None
-            log(f"data.batch_size auto: {batch_size} ran out of memory on {device}; trying {choices[i + 1]}")
-    raise AssertionError("unreachable")
+        if i + 1 == len(choices):
+            raise GPT2LabError(f"data.batch_size auto: even 1 sequence of {seq_len} tokens runs out of memory on "
+                               f"{device}; lower data.seq_len or use a smaller model")
+        log(f"data.batch_size auto: {batch_size} ran out of memory on {device}; trying {choices[i + 1]}")
+    raise AssertionError("unreachable: the last choice either runs or raises")
 
 
 def _trial_step(net, batch_size: int, seq_len: int, device, amp_dtype, hold_back: int) -> None:
