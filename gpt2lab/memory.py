@@ -115,10 +115,12 @@ class TrainingMemory:
 # a 64-byte-aligned tensor only from a hole larger than an identical tensor leaves, so a step's large buffers often
 # find no room but above what the previous step used: the process's resident memory grows over the first steps, by
 # whole loss buffers at a time and by an amount that differs between identical runs, and settles (mostly by step
-# 10) at 1.2-1.8x the first step's. The allowance is a fraction of what a step allocates and frees (activations,
-# loss buffers, gradients), fitted to the peak RSS of 36 ten-step runs of 12 shapes (2-12 layers, 64-768 wide,
-# fp32/bf16, AdamW/Muon, vocabularies of 50k-65k, accumulation): all within 15 % but one fp32 run of the demo shape
-# (+35 %: that run happened not to fragment; the same config measured 1.18-1.83 GB over five runs).
+# 10) at 1.2-1.8x the first step's. With accumulation the gradients, which stay from one micro-step to the next, also
+# split the room the first micro-step's buffers leave, so the next one's need more. The allowance is a fraction of
+# what a step allocates and frees (activations, loss buffers, gradients; half the first two again when
+# accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes (2-12 layers, 64-768 wide, fp32/bf16,
+# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): all within 15 % but two runs of the demo's shape that
+# happened not to fragment (+35 %; the fp32 one peaked between 1.18 and 1.83 GB over six runs).
 CPU_HEAP_SLACK = 0.8
 
 
@@ -156,13 +158,16 @@ def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_pa
     backward = (amp_bytes or 0) * cast_params + activations + logits + held
     step = gradients + muon_updates
     at_backward = backward >= step
+    churn = activations + logits + gradients  # what a step allocates and frees (see CPU_HEAP_SLACK)
+    if grad_accum > 1:
+        churn += (activations + logits) // 2
     return TrainingMemory(
         runtime=runtime, weights=4 * params, gradients=held if at_backward else gradients,
         optimizer=optimizer + (0 if at_backward else muon_updates),
         autocast_weights=(amp_bytes or 0) * cast_params if at_backward else 0,
         activations=activations if at_backward else 0, logits=logits if at_backward else 0,
         ddp_buckets=4 * params if world_size > 1 else 0,
-        allocator=int(CPU_HEAP_SLACK * (activations + logits + gradients)) if cpu_heap else 0)
+        allocator=int(CPU_HEAP_SLACK * churn) if cpu_heap else 0)
 
 
 def token_list_bytes(characters: int) -> int:

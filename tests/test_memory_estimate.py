@@ -70,7 +70,8 @@ def test_estimated_peak_memory_is_within_20_percent_of_the_measured_peak(tmp_pat
         logged = [r["peak_mem_mb"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                   if "peak_mem_mb" in r]
         assert len(logged) == STEPS and logged == sorted(logged)  # every one of the first steps; a peak only grows
-        assert logged[-1] * 2**20 <= peak < logged[-1] * 2**20 * 1.2  # the log sees what wait4 sees (+ the save)
+        # the log sees what wait4 sees (logged to 0.1 MiB; wait4 also sees the final checkpoint's save)
+        assert logged[-1] - 0.1 <= peak / 2**20 < logged[-1] * 1.2
         rows.append(f"{name:<46} estimate {estimate / 2**20:7.0f} MiB  measured {peak / 2**20:7.0f} MiB  "
                     f"{estimate / peak - 1:+.0%}")
         model_dominated += (peak - runtime) > 0.5 * peak
