@@ -119,8 +119,9 @@ class TrainingMemory:
 # split the room the first micro-step's buffers leave, so the next one's need more. The allowance is a fraction of
 # what a step allocates and frees (activations, loss buffers, gradients; half the first two again when
 # accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes (2-12 layers, 64-768 wide, fp32/bf16,
-# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): all within 15 % but two runs of the demo's shape that
-# happened not to fragment (+35 %; the fp32 one peaked between 1.18 and 1.83 GB over six runs).
+# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): within 15 % of the measured peak in all of those and of
+# ~25 test runs since but three, all of the demo's shape, whose 200 MB loss buffers make it the most erratic (+35 %,
+# +35 %, -24 %: its fp32 runs peaked between 1.18 and 1.83 GB, its bf16 + Muon runs between 1.38 and 2.05 GB).
 CPU_HEAP_SLACK = 0.8
 
 

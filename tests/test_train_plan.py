@@ -173,8 +173,9 @@ def test_bad_plans_are_one_line_each(tmp_path, capsys):
     one_line_error(run_main(capsys, "train", "--dry-run", "--plan-device", "tpu", *flags), "'tpu'", "h100")
     one_line_error(run_main(capsys, "train", "--dry-run", *flags, "--data.batch_size", "many"),
                    "data.batch_size", "int or \"auto\"")
-    one_line_error(run_main(capsys, "train", "--dry-run", *flags, "--data.batch_size", "auto", "--data.grad_accum", "2"),
-                   "data.batch_size = \"auto\" chooses the accumulation", "drop data.grad_accum")
+    contradiction = run_main(capsys, "train", "--dry-run", *flags, "--data.batch_size", "auto",
+                             "--data.grad_accum", "2")
+    one_line_error(contradiction, "data.batch_size = \"auto\" chooses the accumulation", "drop data.grad_accum")
     one_line_error(run_main(capsys, "train", "--dry-run", *flags, "--data.grad_accum", "3"),
                    "data.grad_accum is 3", "data.grad_accum=1")
     one_line_error(run_main(capsys, "train", "--dry-run", *cli_flags(data, data__seq_len=32,

@@ -494,11 +494,15 @@ def format_plan(plan: Plan) -> str:
              f"({dev.precision}, {optimizer_name(cfg)}): {_fits_line(plan)}",
              f"           {_breakdown(mem)}",
              f"  time     {_time_line(plan)}",
-             f"  disk     checkpoints ~{_gb(plan.checkpoint_bytes)} each: {_gb(plan.checkpoint_bytes * cfg.checkpoint.keep)} "
-             f"for checkpoint.keep = {cfg.checkpoint.keep} ({_gb(plan.checkpoint_bytes * (cfg.checkpoint.keep + 1))} "
-             f"while the next one is written)"]
+             f"  disk     {_disk_line(plan)}"]
     lines += [f"  note     {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def _disk_line(plan: Plan) -> str:
+    each, keep = plan.checkpoint_bytes, plan.config.checkpoint.keep
+    return (f"checkpoints ~{_gb(each)} each: {_gb(each * keep)} for checkpoint.keep = {keep} "
+            f"({_gb(each * (keep + 1))} while the next one is written)")
 
 
 def optimizer_name(cfg: TrainConfig) -> str:

@@ -33,7 +33,7 @@ from gpt2lab.train import plan
 from gpt2lab.train.config import AUTO, TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
 from gpt2lab.train.metrics import StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer, set_lr
-from gpt2lab.train.plan import grad_accum_steps  # noqa: F401  (it lived here; tests and users import it from here)
+from gpt2lab.train.plan import grad_accum_steps
 
 
 # `peak_mem_mb` (the measured peak, to hold against `gpt2lab train --dry-run`'s estimate) is logged on the first
