@@ -64,18 +64,28 @@ def peak_bytes(device) -> int | None:
     """The measured peak so far, what a training step's estimate is held against: on a CPU, this process's peak
     resident set size (what `/usr/bin/time -v` reports as "Maximum resident set size"); on a CUDA GPU, the most
     memory torch's allocator has handed out (`torch.cuda.max_memory_allocated`) plus what the CUDA context and
-    libraries hold outside it (`cuda_context_bytes`). None where neither can be read (MPS, Windows)."""
+    libraries hold outside it (`cuda_context_bytes`). None where neither can be read (MPS, Windows).
+
+    On Linux the CPU's number is VmHWM, not getrusage's ru_maxrss: ru_maxrss also counts the resident memory of the
+    process that started this one, as it was when it did (the kernel keeps the larger of the two across exec), so a
+    trainer started from a 2 GB process (a test runner, a notebook) would report at least 2 GB whatever it used.
+    /usr/bin/time reports the child's own peak, as VmHWM does."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) + cuda_context_bytes(device)
     if device.type != "cpu":
         return None
     try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):  # not Linux
+        pass
+    try:
         import resource
     except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kilobytes
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, the BSDs kilobytes
 
 
 _context_bytes: dict[int, int] = {}
@@ -120,8 +130,8 @@ class TrainingMemory:
 # what a step allocates and frees (activations, loss buffers, gradients; half the first two again when
 # accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes (2-12 layers, 64-768 wide, fp32/bf16,
 # AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): within 15 % of the measured peak in all of those and of
-# ~25 test runs since but three, all of the demo's shape, whose 200 MB loss buffers make it the most erratic (+35 %,
-# +35 %, -24 %: its fp32 runs peaked between 1.18 and 1.83 GB, its bf16 + Muon runs between 1.38 and 2.05 GB).
+# ~40 test runs since but three runs that happened not to fragment (+28 % to +35 %; the most erratic shape, the fp32
+# demo's, whose 200 MB loss buffers are most of its peak, measured 1.18-1.83 GB over six runs).
 CPU_HEAP_SLACK = 0.8
 
 

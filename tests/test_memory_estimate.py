@@ -1,15 +1,17 @@
 """The dry run's memory estimate against the measured peak of real training: each config is planned by
 `gpt2lab train --dry-run --json`, then trained for 10 steps by `gpt2lab train` three times side by side, all in
-fresh subprocesses, and each trainer's peak resident set size is read as `/usr/bin/time -v` reads it (`wait4`'s
-ru_maxrss). The configs vary depth, width, micro-batch, context, vocabulary, precision, optimizer and accumulation,
-and in each of them the model's own memory (weights, optimizer state, activations, the B x T x vocab loss buffers) is
-most of the peak, so the process's fixed runtime (~0.3 GiB) cannot carry the comparison.
+fresh processes, and each trainer's peak resident set size is read as `/usr/bin/time -v` reads it: by a small
+launcher process that waits for it (`wait4`'s ru_maxrss). The configs vary depth, width, micro-batch, context,
+vocabulary, precision, optimizer and accumulation, and in each of them the model's own memory (weights, optimizer
+state, activations, the B x T x vocab loss buffers) is most of the peak, so the process's fixed runtime (~0.3 GiB)
+cannot carry the comparison.
 
-Why 10 steps, and the median of three: on a CPU the trainer's glibc heap fragments over the first steps and the peak
-settles by then (see gpt2lab.memory.CPU_HEAP_SLACK), at a level that differs between runs of the same command: the
-8 x 384 config below peaked at 1,369-1,580 MiB in eleven runs and at 2,182 MiB in a twelfth. The estimate is for the typical settled peak. Not here: the demo's shape (6 x 128, B=8 x
-T=128), whose 200 MB loss buffers make it the most erratic: 1,183-1,832 MiB over six fp32 runs, 1,380-2,046 MiB
-over nine bf16 + Muon runs."""
+Why a launcher: a process's ru_maxrss also counts the resident memory its parent had when it started it (Linux keeps
+the larger across exec), and pytest itself grows past 2 GB over the whole suite; /usr/bin/time is small, and so is
+the launcher. Why 10 steps, and the median of three: on a CPU the trainer's glibc heap fragments over the first steps
+and the peak settles by then (see gpt2lab.memory.CPU_HEAP_SLACK), at a level that differs between runs of the same
+command by up to a loss buffer or two. Not here: the fp32 demo shape (6 x 128, B=8 x T=128, AdamW), the most erratic
+(1,183-1,832 MiB over six runs)."""
 
 import json
 import os
@@ -23,13 +25,13 @@ from conftest import REPO
 from train_utils import cli_flags, write_dataset
 
 STEPS = 10
-RUNS = 3  # side by side; the median, since one run's peak can land far from the others (see above)
+RUNS = 3  # side by side, compared by their median (see above)
 BASE = {"schedule__max_steps": STEPS, "schedule__warmup_steps": 2, "eval__val_batches": 0,
         "checkpoint__every": 1000, "checkpoint__keep": 1}
 CONFIGS = {
-    "8 layers x 512, B=2 x T=64, fp32, Muon": dict(
-        model__n_layer=8, model__n_head=8, model__n_embd=512, model__block_size=64, data__seq_len=64,
-        data__batch_size=2, data__total_batch_tokens=128, optim__name="muon"),
+    "6 layers x 128, B=8 x T=128, bf16, Muon": dict(
+        model__n_layer=6, model__n_head=4, model__n_embd=128, model__block_size=128, data__seq_len=128,
+        data__batch_size=8, data__total_batch_tokens=1024, runtime__precision="bf16", optim__name="muon"),
     "8 layers x 384, B=4 x T=128, vocab 50257, fp32": dict(
         model__n_layer=8, model__n_head=6, model__n_embd=384, model__block_size=128, model__vocab_size=50257,
         data__seq_len=128, data__batch_size=4, data__total_batch_tokens=512),
@@ -42,20 +44,28 @@ CONFIGS = {
 }
 
 
+# What /usr/bin/time does: start the command, wait for it, report its peak resident set size (kilobytes on Linux).
+LAUNCHER = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:]); _, status, usage = os.wait4(child.pid, "
+            "0); print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
+
+
 def measured_peaks(args_list, env) -> list[int]:
-    """Run commands side by side to the end; the peak resident set size of each, in bytes, as /usr/bin/time -v
-    reports it (wait4's ru_maxrss: kilobytes on Linux). Output goes to files: pipes could fill and block."""
+    """Run commands side by side to the end, each under the launcher; the peak resident set size of each, in bytes.
+    Output goes to files: pipes could fill and block."""
     processes = []
-    for i, args in enumerate(args_list):
-        log = open(f"{args[args.index('--out') + 1]}.log", "w")
-        processes.append((subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for args in args_list:
+        log = open(f"{args[args.index('--out') + 1]}.log", "w+")
+        processes.append((subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], env=env, stdout=log,
+                                           stderr=subprocess.STDOUT), log))
     peaks = []
     for process, log in processes:
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process.wait()
+        log.seek(0)
+        output = log.read()
         log.close()
-        assert process.returncode == 0, open(log.name).read()[-2000:]
-        peaks.append(usage.ru_maxrss * 1024)
+        code, kilobytes = output.split()[-2:]
+        assert code == "0", output[-2000:]
+        peaks.append(int(kilobytes) * 1024)
     return peaks
 
 
