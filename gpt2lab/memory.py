@@ -129,9 +129,10 @@ class TrainingMemory:
 # split the room the first micro-step's buffers leave, so the next one's need more. The allowance is a fraction of
 # what a step allocates and frees (activations, loss buffers, gradients; half the first two again when
 # accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes (2-12 layers, 64-768 wide, fp32/bf16,
-# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): within 15 % of the measured peak in all of those and of
-# ~40 test runs since but three runs that happened not to fragment (+28 % to +35 %; the most erratic shape, the fp32
-# demo's, whose 200 MB loss buffers are most of its peak, measured 1.18-1.83 GB over six runs).
+# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): within 15 % of each shape's highest measured peak,
+# over those and ~45 test runs since. A run whose heap happens not to fragment stays lower, up to 35 % below the
+# estimate (the most erratic shape, the fp32 demo's, whose 200 MB loss buffers are most of its peak, measured
+# 1.18-1.83 GB over six runs): the estimate is what to budget for, not what every run reaches.
 CPU_HEAP_SLACK = 0.8
 
 

@@ -8,14 +8,14 @@ cannot carry the comparison.
 
 Why a launcher: a process's ru_maxrss also counts the resident memory its parent had when it started it (Linux keeps
 the larger across exec), and pytest itself grows past 2 GB over the whole suite; /usr/bin/time is small, and so is
-the launcher. Why 10 steps, and the median of three: on a CPU the trainer's glibc heap fragments over the first steps
-and the peak settles by then (see gpt2lab.memory.CPU_HEAP_SLACK), at a level that differs between runs of the same
-command by up to a loss buffer or two. Not here: the fp32 demo shape (6 x 128, B=8 x T=128, AdamW), the most erratic
-(1,183-1,832 MiB over six runs)."""
+the launcher. Why 10 steps, and the highest of three: on a CPU the trainer's glibc heap fragments over the first
+steps and the peak settles by then (see gpt2lab.memory.CPU_HEAP_SLACK), which is what the estimate is for; but now
+and then a run's heap happens not to fragment and its peak stays a loss buffer or two lower (the 3 x 512 config:
+1,618 MiB in three of sixteen runs, 1,872-2,263 in the others), so the run to compare with is the highest of a few.
+Not here: the fp32 demo shape (6 x 128, B=8 x T=128, AdamW), the most erratic (1,183-1,832 MiB over six runs)."""
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -25,7 +25,7 @@ from conftest import REPO
 from train_utils import cli_flags, write_dataset
 
 STEPS = 10
-RUNS = 3  # side by side, compared by their median (see above)
+RUNS = 3  # side by side, compared by the highest (see above)
 BASE = {"schedule__max_steps": STEPS, "schedule__warmup_steps": 2, "eval__val_batches": 0,
         "checkpoint__every": 1000, "checkpoint__keep": 1}
 CONFIGS = {
@@ -94,8 +94,8 @@ def test_estimated_peak_memory_is_within_20_percent_of_the_measured_peak(tmp_pat
             assert len(logged) == STEPS and logged == sorted(logged)  # each of the first steps; a peak only grows
             # the log sees what wait4 sees (logged to 0.1 MiB; wait4 also sees the final checkpoint's save)
             assert logged[-1] - 0.1 <= peak / 2**20 < logged[-1] * 1.2
-        peak = statistics.median(peaks)
-        rows.append(f"{name:<46} estimate {estimate / 2**20:6.0f} MiB  measured {peak / 2**20:6.0f} MiB (median of "
+        peak = max(peaks)  # the peak to budget for; a run whose heap happens not to fragment stays lower
+        rows.append(f"{name:<46} estimate {estimate / 2**20:6.0f} MiB  measured {peak / 2**20:6.0f} MiB (highest of "
                     f"{', '.join(f'{p / 2**20:.0f}' for p in peaks)})  {estimate / peak - 1:+.0%}")
         model_dominated += (peak - runtime) > 0.5 * peak
         assert abs(estimate - peak) <= 0.2 * peak, "\n".join(rows)
