@@ -29,7 +29,7 @@ from gpt2lab.device import autocast, resolve_dtype
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.gpt_config import GPTConfig
 from gpt2lab.model import GPT
-from gpt2lab.perf import flops_per_token, peak_flops, sync
+from gpt2lab.perf import flops_per_token, measure_matmul_peak, peak_flops, sync
 
 BENCH_CONFIGS = {
     "gpt2": GPTConfig.from_preset("gpt2"),
@@ -98,31 +98,6 @@ class PeakMemory:
                 line = next(l for l in status if l.startswith("VmHWM:"))
                 self.peak_mb = int(line.split()[1]) / 1024
         return False
-
-
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
-    """FLOP/s of a large square matmul: the practical peak the model's matmuls are held against.
-
-    The size doubles from 256 up to `n` while one product takes under 50 ms, so a dtype the device only
-    emulates (bf16 on a CPU without AVX512-BF16: ~500x slower) is still measured in about `seconds`.
-    """
-    size = 256
-    while True:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        if size >= n or time.perf_counter() - t0 > 0.05:
-            break
-        size *= 2
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        count += 1
-    sync(device)
-    return 2 * size**3 * count / (time.perf_counter() - t0)
 
 
 def measure_read_bandwidth(device: torch.device, mb: int = 1024, seconds: float = 1.0) -> float:

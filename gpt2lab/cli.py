@@ -435,6 +435,19 @@ def add_train_command(commands) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-keys", action="store_true", help="print every config key with its value and exit")
+    plan = p.add_argument_group("planning (--dry-run: estimates, nothing is trained or written)")
+    plan.add_argument("--dry-run", action="store_true",
+                      help="print the plan (parameters, batch split, epochs, memory per device and whether it fits, "
+                      "time, checkpoint disk) for the resolved config and exit; --out is optional")
+    plan.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
+    plan.add_argument("--assume-mfu", type=float, metavar="FRACTION",
+                      help="with --dry-run: model FLOPs utilisation to assume for the time (default: 0.35, see README)")
+    plan.add_argument("--plan-device", metavar="NAME",
+                      help="with --dry-run: plan for a GPU this machine does not have, from published specs: "
+                      "h100, h100-pcie, h200, a100, a100-40gb, l40s, a10, l4, rtx4090, rtx3090")
+    plan.add_argument("--plan-gpus", type=int, metavar="N",
+                      help="with --dry-run: the number of processes (GPUs) to plan for (default: torchrun's "
+                      "WORLD_SIZE, else 1)")
     p.set_defaults(run=run_train, takes_config_flags=True)
 
 
@@ -452,10 +465,41 @@ def run_train(args) -> int:
     if args.list_keys:
         print(to_toml(config), end="")
         return 0
+    if args.dry_run:
+        return run_train_plan(args, config)
+    planning = [flag for flag, given in (("--json", args.json), ("--assume-mfu", args.assume_mfu is not None),
+                                         ("--plan-device", args.plan_device), ("--plan-gpus", args.plan_gpus)) if given]
+    if planning:
+        raise GPT2LabError(f"{planning[0]} only applies to a plan; add --dry-run")
     if not args.out:
         raise GPT2LabError("--out RUN_DIR is required: the directory for config, metrics, samples and checkpoints")
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return result.exit_code
+
+
+def run_train_plan(args, config) -> int:
+    """`gpt2lab train ... --dry-run`: the plan for the resolved config; nothing trained, nothing written."""
+    import dataclasses
+    import json
+
+    from gpt2lab.train import plan
+
+    if args.assume_mfu is not None and not 0 < args.assume_mfu <= 1:
+        raise GPT2LabError(f"--assume-mfu must be a fraction in (0, 1], e.g. 0.4 for 40 %; got {args.assume_mfu}")
+    if args.plan_gpus is not None and args.plan_gpus < 1:
+        raise GPT2LabError(f"--plan-gpus must be at least 1, got {args.plan_gpus}")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0  # under torchrun every process would plan the same run: rank 0 says it
+    world = args.plan_gpus or int(os.environ.get("WORLD_SIZE", 1))
+    if args.plan_device and args.plan_device.lower() != "cpu":
+        device = plan.planned_device(args.plan_device, config.runtime.precision)
+    else:
+        if args.plan_device:  # "cpu": this machine's CPU, whatever runtime.device says
+            config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, device="cpu"))
+        device = plan.this_device(config)
+    result = plan.make_plan(config, device, world, args.assume_mfu)
+    print(json.dumps(result.to_json()) if args.json else plan.format_plan(result))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- plot

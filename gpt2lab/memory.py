@@ -1,11 +1,18 @@
-"""Refuse, up front and in one line, work whose memory grows with a number the user typed and would not fit.
+"""Memory: the up-front guard against sizes that cannot fit, a training step's full estimate, and measured peaks.
+
+1. `forward_bytes` + `check_fits`: refuse, up front and in one line, work whose memory grows with a number the user
+typed and would not fit (below).
+2. `training_step`: what one training process holds at its peak, term by term, for `gpt2lab train --dry-run` and
+`data.batch_size = "auto"` (gpt2lab.train.plan), checked against measured peaks (tests/test_memory_estimate.py).
+3. `peak_bytes`: the measured peak (a CPU's peak resident set size; a GPU's allocator peak plus the CUDA context),
+which training logs as `peak_mem_mb`.
 
 A typo such as `--batch-size 100000` should not take the machine down: on a CPU the kernel's OOM killer may pick
 another process first, and swapping can freeze the whole machine before it acts. So the commands estimate the
 memory of their largest step from the batch shape (`forward_bytes`) and compare it with what is available now
 (`check_fits`) before they start.
 
-The estimate is deliberately rough and errs on the side of allowing: it counts only the big terms that grow with
+The guard's estimate is deliberately rough and errs on the side of allowing: it counts only the big terms that grow with
 the batch (the vocabulary logits, the activations, a KV cache) and leaves out the weights, the optimizer state,
 the allocator's slack and the attention scores, so the real peak is higher (measured on a CPU for gpt2-shaped
 models: 1.2-1.4x the estimate for a training step or an evaluation batch, more for sampling's small batches,
@@ -15,7 +22,10 @@ when the available memory cannot be known (MPS, a system without /proc/meminfo) 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -48,6 +58,129 @@ def forward_bytes(config, rows: int, tokens: int, *, scored: int | None = None, 
         activations = rows * tokens * 4 * C * 2 * bytes_per_value
     kv_cache = 2 * L * rows * cached * C * bytes_per_value
     return int(logits + activations + kv_cache)
+
+
+def peak_bytes(device) -> int | None:
+    """The measured peak so far, what a training step's estimate is held against: on a CPU, this process's peak
+    resident set size (what `/usr/bin/time -v` reports as "Maximum resident set size"); on a CUDA GPU, the most
+    memory torch's allocator has handed out (`torch.cuda.max_memory_allocated`) plus what the CUDA context and
+    libraries hold outside it (`cuda_context_bytes`). None where neither can be read (MPS, Windows).
+
+    On Linux the CPU's number is VmHWM, not getrusage's ru_maxrss: ru_maxrss also counts the resident memory of the
+    process that started this one, as it was when it did (the kernel keeps the larger of the two across exec), so a
+    trainer started from a 2 GB process (a test runner, a notebook) would report at least 2 GB whatever it used.
+    /usr/bin/time reports the child's own peak, as VmHWM does."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) + cuda_context_bytes(device)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):  # not Linux
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, the BSDs kilobytes
+
+
+_context_bytes: dict[int, int] = {}
+
+
+def cuda_context_bytes(device) -> int:
+    """Device memory in use but not by torch's allocator: the CUDA context, cuBLAS/cuDNN/NCCL workspaces. Taken
+    the first time it is asked for (the earlier, the fewer other allocations it can mistake for the context)."""
+    index = torch.device(device).index or 0
+    if index not in _context_bytes:
+        free, total = torch.cuda.mem_get_info(index)
+        _context_bytes[index] = max(0, total - free - torch.cuda.memory_reserved(index))
+    return _context_bytes[index]
+
+
+@dataclass
+class TrainingMemory:
+    """What one process holds at the peak of a training step, in bytes, by what holds it (see `training_step`)."""
+
+    runtime: int  # the process itself: Python + torch's code and buffers (CPU), or the CUDA context (GPU)
+    weights: int  # float32 master weights
+    gradients: int  # float32, those that exist at the peak
+    optimizer: int  # AdamW: two moments per parameter; Muon: one momentum buffer per matrix (+ its updates)
+    autocast_weights: int  # bf16/fp16 copies of the matmul weights, kept for the backward pass
+    activations: int  # what the blocks save for the backward pass, for B x T tokens
+    logits: int  # B x T x vocab float32 buffers: log-probabilities and their gradients
+    ddp_buckets: int  # DDP's gradient buckets (torchrun): a second copy of the gradients
+    allocator: int  # freed memory a CPU's heap keeps but cannot reuse (see CPU_HEAP_SLACK)
+
+    @property
+    def total(self) -> int:
+        return sum(dataclasses.astuple(self))
+
+
+# On a CPU the trainer keeps freed memory in glibc's heap (device.keep_freed_memory: page faults cost ~3 s per GiB on
+# the development VM), and that heap fragments. Small allocations land between the big ones, and glibc (2.36) serves
+# a 64-byte-aligned tensor only from a hole larger than an identical tensor leaves, so a step's large buffers often
+# find no room but above what the previous step used: the process's resident memory grows over the first steps, by
+# whole loss buffers at a time and by an amount that differs between identical runs, and settles (mostly by step
+# 10) at 1.2-1.8x the first step's. With accumulation the gradients, which stay from one micro-step to the next, also
+# split the room the first micro-step's buffers leave, so the next one's need more. The allowance is a fraction of
+# what a step allocates and frees (activations, loss buffers, gradients; half the first two again when
+# accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes (2-12 layers, 64-768 wide, fp32/bf16,
+# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): within 15 % of each shape's highest measured peak,
+# over those and the launcher-measured runs of tests/test_memory_estimate.py (test runs measured before the
+# VmHWM fix are not counted: ru_maxrss had added pytest's own memory to them). A run whose heap happens not to
+# fragment stays lower, up to 35 % below the estimate (the most erratic shape, the fp32 demo's, whose 200 MB loss
+# buffers are most of its peak, measured 1.18-1.83 GB over six runs): the estimate is what to budget for, not what every run reaches.
+CPU_HEAP_SLACK = 0.8
+
+
+def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
+                  amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
+                  cpu_heap: bool = False) -> TrainingMemory:
+    """The peak memory of one process's training step of a GPT-2 `config` on B x T tokens, term by term.
+
+    params: all parameters; cast_params: those autocast copies (the Conv1D layers and the tied lm_head);
+    muon_params: those Muon trains (the rest has AdamW); amp_bytes: 2 under bf16/fp16 autocast, None in fp32;
+    runtime: the process's own memory (`gpt2lab.train.plan` measures it); cpu_heap: add CPU_HEAP_SLACK.
+
+    The peak is where the backward pass starts: every block's activations are still held when the loss's
+    backward makes the gradient of the B x T x vocab log-probabilities. Counted per token and layer from what
+    autograd saves (model.py): fp32: the block input, ln_1 out, qkv (3C), attention out, its contiguous copy,
+    the residual after attention, ln_2 out, the MLP's 4C hidden before and after GELU: 17C floats. Under autocast
+    the matmul inputs and outputs are 2-byte copies while LayerNorm and the residual stream stay float32: 38C
+    bytes. The loss: log_softmax's float32 output, the gradient nll_loss hands back and log_softmax's own, 3 x 4
+    bytes per token and vocabulary entry (the logits themselves are freed once the loss is taken). Gradients are
+    created as the backward pass frees activations, so they count at that peak only when accumulation kept them
+    from an earlier micro-step; the other candidate for the peak is the optimizer step, with every gradient (and,
+    for Muon, every matrix's update) held at once.
+    """
+    C, L, V, H = config.n_embd, config.n_layer, config.vocab_size, config.n_head
+    tokens = batch_size * seq_len
+    per_layer = 38 * C if amp_bytes else 17 * 4 * C  # bytes per token, see above
+    final = (4 + 2) * C if amp_bytes else 2 * 4 * C  # ln_f's float32 input, and its output as lm_head sees it
+    attention_lse = 4 * H  # the flash kernels' float32 log-sum-exp per head
+    activations = tokens * (L * (per_layer + attention_lse) + final)
+    logits = tokens * V * 3 * 4
+    gradients = 4 * params
+    optimizer = 8 * (params - muon_params) + 4 * muon_params
+    muon_updates = 4 * muon_params  # Muon's step holds every matrix's orthogonalised update until it applies them
+    held = gradients if grad_accum > 1 else 0
+    backward = (amp_bytes or 0) * cast_params + activations + logits + held
+    step = gradients + muon_updates
+    at_backward = backward >= step
+    churn = activations + logits + gradients  # what a step allocates and frees (see CPU_HEAP_SLACK)
+    if grad_accum > 1:
+        churn += (activations + logits) // 2
+    return TrainingMemory(
+        runtime=runtime, weights=4 * params, gradients=held if at_backward else gradients,
+        optimizer=optimizer + (0 if at_backward else muon_updates),
+        autocast_weights=(amp_bytes or 0) * cast_params if at_backward else 0,
+        activations=activations if at_backward else 0, logits=logits if at_backward else 0,
+        ddp_buckets=4 * params if world_size > 1 else 0,
+        allocator=int(CPU_HEAP_SLACK * churn) if cpu_heap else 0)
 
 
 def token_list_bytes(characters: int) -> int:

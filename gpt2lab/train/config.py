@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from gpt2lab.errors import GPT2LabError, first_line
 from gpt2lab.gpt_config import GPTConfig
@@ -21,6 +22,10 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 class ConfigError(GPT2LabError, ValueError):
     """A config file, preset or override that does not fit TrainConfig."""
+
+
+AUTO = "auto"
+IntOrAuto = int | Literal["auto"]  # a number, or "auto": gpt2lab chooses it at start-up (data.batch_size)
 
 
 @dataclass
@@ -42,9 +47,10 @@ class ModelSection:
 @dataclass
 class DataSection:
     dir: str = "data/fineweb-edu"  # a directory written by `gpt2lab prepare`
-    batch_size: int = 64  # B: sequences per micro-batch per process
+    batch_size: IntOrAuto = 64  # B: sequences per micro-batch per process; "auto": the largest that fits in memory
     seq_len: int = 1024  # T: tokens per sequence
     total_batch_tokens: int = 524288  # tokens per optimizer step, over all processes and micro-batches
+    grad_accum: int = 0  # micro-steps per step; 0: total_batch_tokens / (batch_size x seq_len x processes)
     shuffle: bool = True
     seed: int = 1337
 
@@ -155,6 +161,13 @@ def _unknown_key(key: str) -> ConfigError:
 
 def _convert(key: str, value, kind: type):
     """A value from a file (already typed) or the command line (a string) -> the field's type."""
+    if kind is IntOrAuto:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return _convert(key, value, int)
+        except ConfigError:
+            raise ConfigError(f"config key '{key}' wants an int or \"auto\", got {value!r}") from None
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -187,7 +200,7 @@ def _convert(key: str, value, kind: type):
 
 def _field_types(section_name: str) -> dict[str, type]:
     types = {"int": int, "float": float, "bool": bool, "str": str}
-    return {f.name: types[f.type if isinstance(f.type, str) else f.type.__name__]
+    return {f.name: f.type if f.type is IntOrAuto else types[f.type if isinstance(f.type, str) else f.type.__name__]
             for f in dataclasses.fields(SECTIONS[section_name]())}
 
 
@@ -313,10 +326,16 @@ def validate(config: TrainConfig, given=()) -> None:
     positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
                 "data.batch_size", "data.seq_len", "data.total_batch_tokens", "schedule.max_steps"]
     flat = config.flat()
+    if config.data.batch_size == AUTO:
+        positive.remove("data.batch_size")
+        if config.data.grad_accum:
+            raise ConfigError(f"data.batch_size = \"auto\" chooses the accumulation itself (keeping "
+                              f"data.total_batch_tokens), but data.grad_accum is {config.data.grad_accum}; drop "
+                              f"data.grad_accum or give data.batch_size a number")
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {flat[key]}")
-    for key in ["schedule.warmup_steps", "optim.weight_decay", "optim.grad_clip", "optim.min_lr",
+    for key in ["data.grad_accum", "schedule.warmup_steps", "optim.weight_decay", "optim.grad_clip", "optim.min_lr",
                 "eval.val_every", "eval.val_batches", "eval.sample_every", "eval.hellaswag_every",
                 "checkpoint.every", "runtime.threads", "eval.sample_count", "eval.sample_tokens"]:
         if flat[key] < 0:
@@ -381,7 +400,7 @@ def read_run_config(run_dir) -> dict:
 
 
 # Fields that may change between a run and its resumption: where/how it runs, how often it reports.
-RESUMABLE_CHANGES = ("model.init", "data.dir", "runtime.", "eval.", "checkpoint.", "log.")
+RESUMABLE_CHANGES = ("model.init", "data.dir", "data.grad_accum", "runtime.", "eval.", "checkpoint.", "log.")
 
 
 def incompatible_fields(saved: TrainConfig, new: TrainConfig) -> list[str]:

@@ -10,6 +10,7 @@ same token stream, losses equal up to float rounding.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -28,10 +29,17 @@ from gpt2lab.model import GPT, load_model
 from gpt2lab.perf import flops_per_token, peak_flops
 from gpt2lab.run_directory import MetricsLog, RunDirectory
 from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank
-from gpt2lab.train.config import TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
+from gpt2lab.train import plan
+from gpt2lab.train.config import AUTO, TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
 from gpt2lab.train.metrics import StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer, set_lr
 from gpt2lab.train.trackers import check_trackers, make_sinks
+from gpt2lab.train.plan import grad_accum_steps
+
+
+# `peak_mem_mb` (the measured peak, to hold against `gpt2lab train --dry-run`'s estimate) is logged on the first
+# steps of each invocation, where a CPU's heap settles (gpt2lab.memory.CPU_HEAP_SLACK), and with every val loss.
+PEAK_MEMORY_STEPS = 20
 
 
 class TrainingDiverged(GPT2LabError, FloatingPointError):
@@ -51,16 +59,6 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def grad_accum_steps(total_batch_tokens: int, batch_size: int, seq_len: int, world_size: int) -> int:
-    per_micro_step = batch_size * seq_len * world_size
-    if total_batch_tokens % per_micro_step:
-        raise GPT2LabError(
-            f"data.total_batch_tokens ({total_batch_tokens:,}) is not divisible by data.batch_size x data.seq_len x "
-            f"world size ({batch_size} x {seq_len} x {world_size} = {per_micro_step:,}); make it a multiple, e.g. "
-            f"data.total_batch_tokens={max(1, round(total_batch_tokens / per_micro_step)) * per_micro_step}")
-    return total_batch_tokens // per_micro_step
-
-
 def train_step(model, batches, grad_accum: int, amp_dtype, scaler, device, ddp: bool) -> torch.Tensor:
     """Forward/backward over `grad_accum` micro-batches; returns the mean loss (detached). Gradients accumulate.
 
@@ -77,7 +75,7 @@ def train_step(model, batches, grad_accum: int, amp_dtype, scaler, device, ddp: 
         sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
         with sync:
             with autocast(device, amp_dtype):
-                _, loss = model(x, y)
+                loss = model(x, y)[1]  # not the logits: nothing needs them, and they are the size of the vocabulary
             loss = loss / grad_accum
             loss_sum += loss.detach()
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -120,17 +118,21 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput, loss unaffected
             torch.backends.cudnn.allow_tf32 = True
+            memory.cuda_context_bytes(self.device)  # taken now, before the model: the context alone
         else:
             keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
 
         self._lock_run_dir()
         checkpoint = self._checkpoint_to_resume()  # every rank checks before rank 0 writes anything
+        cfg = self.config  # a resumed "auto" batch size is the run's own
         self._check_data()
-        self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
-                                           self.ctx.world_size)
-        self.train_loader, self.val_loader = self._make_loaders()
         self.raw_model = self._make_model(checkpoint)
         self.amp_dtype = autocast_dtype(cfg.runtime.precision, self.device)
+        if cfg.data.batch_size == AUTO:
+            self.config = cfg = self._auto_batch_size()  # the resolved number is what config.toml and resume see
+        self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
+                                           self.ctx.world_size, cfg.data.grad_accum)
+        self.train_loader, self.val_loader = self._make_loaders()
         self._check_memory()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
@@ -177,6 +179,10 @@ class Trainer:
         checkpoint = self.run_dir.checkpoint_to_resume(self.resume, self.overwrite)
         if checkpoint is not None:
             saved = resolve_config(base=read_run_config(self.run_dir.path))
+            if self.config.data.batch_size == AUTO:  # chosen when the run started: the token stream depends on it
+                self.config = dataclasses.replace(self.config, data=dataclasses.replace(
+                    self.config.data, batch_size=saved.data.batch_size))
+                self.log(f"data.batch_size auto: {saved.data.batch_size}, as the run chose when it started")
             differences = incompatible_fields(saved, self.config)
             if differences:
                 raise GPT2LabError(f"--resume: the config differs from the run's saved config in "
@@ -187,6 +193,7 @@ class Trainer:
         from gpt2lab.data import read_manifest
 
         manifest = read_manifest(self.config.data.dir)
+        self.data_vocab_size = manifest["vocab_size"]
         if manifest["vocab_size"] > self.config.model.vocab_size and self.config.model.init == "scratch":
             raise GPT2LabError(f"{self.config.data.dir} has token ids up to {manifest['vocab_size'] - 1} but "
                                f"model.vocab_size is {self.config.model.vocab_size}; set model.vocab_size="
@@ -214,14 +221,38 @@ class Trainer:
             model = GPT(cfg.model.gpt_config()).to(self.device)
         else:
             model = load_model(cfg.model.init, device=self.device, dtype=torch.float32)  # fine-tuning
-            if self.train_loader.vocab_size > model.config.vocab_size:
+            if self.data_vocab_size > model.config.vocab_size:
                 raise GPT2LabError(f"model {cfg.model.init} has a vocabulary of {model.config.vocab_size} but the "
-                                   f"data uses {self.train_loader.vocab_size} token ids")
+                                   f"data uses {self.data_vocab_size} token ids")
         if cfg.data.seq_len > model.config.block_size:
             raise GPT2LabError(f"data.seq_len ({cfg.data.seq_len}) is longer than the model's context "
                                f"({model.config.block_size}); lower data.seq_len or raise model.block_size")
         torch.manual_seed(cfg.runtime.seed + self.ctx.rank)
         return model.train()
+
+    def _auto_batch_size(self) -> TrainConfig:
+        """data.batch_size = "auto": the largest micro-batch whose estimated step fits this device (plan.py), run
+        once for real (forward + backward; on a GPU, smaller ones after an out-of-memory error), the same on every
+        rank. The accumulation then follows from data.total_batch_tokens, which stays as it is."""
+        cfg, arch, world = self.config, self.raw_model.config, self.ctx.world_size
+        device = plan.device_spec(self.device, self.amp_dtype)
+        params = plan.parameter_counts(arch, cfg.optim.name)
+        resident = 4 * params.total if self.device.type == "cpu" else 0  # the model, already built
+        model = plan.MemoryModel(arch, params, device, world, plan.runtime_bytes(device, cfg.optim.name) - resident)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if self.device.type == "cpu" else 1
+        chosen = plan.choose_batch_size(model, cfg.data.total_batch_tokens, cfg.data.seq_len, local)
+        choices = [b for b in plan.batch_size_choices(cfg.data.total_batch_tokens, cfg.data.seq_len, world)
+                   if b <= chosen]
+        hold_back = model.estimate(chosen, cfg.data.seq_len, 1).optimizer + (4 * params.total if world > 1 else 0)
+        chosen = plan.confirm_batch_size(self.raw_model, choices, cfg.data.seq_len, self.device, self.amp_dtype,
+                                         hold_back, log=self.log)
+        chosen = min(distributed.all_gather_object(chosen))
+        accum = cfg.data.total_batch_tokens // (chosen * cfg.data.seq_len * world)
+        estimate = model.estimate(chosen, cfg.data.seq_len, accum).total
+        self.log(f"data.batch_size auto: {chosen} ({accum} micro-step(s) per step of {cfg.data.total_batch_tokens:,} "
+                 f"tokens; ~{estimate / 2**30:.2f} GiB per process estimated, "
+                 f"{_size_or_unknown(device.memory_bytes)} {device.name} has; ran a forward + backward)")
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=chosen))
 
     def _check_memory(self) -> None:
         """On a CPU, refuse a micro-batch that cannot fit in memory before the first step tries (and the OOM
@@ -299,6 +330,7 @@ class Trainer:
                           peak_flops(self.device), self.ctx.world_size)
         batches = batch_iterator(self.train_loader)
         bar = self._progress_bar(max_steps)
+        self.steps_logged = 0
         loss = val_loss = math.nan
         previous = self._install_signal_handlers()
         try:
@@ -353,7 +385,7 @@ class Trainer:
         val_loss = None
         if due(eval_cfg.val_every) and eval_cfg.val_batches > 0:
             val_loss = self.validation_loss()
-            self.metrics.write({"step": step, "val_loss": val_loss})
+            self.metrics.write({"step": step, "val_loss": val_loss, **self._peak_memory()})
             self.log(f"step {step}: val loss {val_loss:.4f}")
         if eval_cfg.hellaswag_every and due(eval_cfg.hellaswag_every):
             self._hellaswag()
@@ -362,6 +394,10 @@ class Trainer:
         if due(self.config.checkpoint.every) or last:
             self.checkpointer.save(self.step)
         return val_loss
+
+    def _peak_memory(self) -> dict:
+        peak = memory.peak_bytes(self.device)
+        return {} if peak is None else {"peak_mem_mb": round(peak / 2**20, 1)}
 
     def _diverged(self, step: int, loss: float, norm: float) -> TrainingDiverged:
         return TrainingDiverged(f"loss became {loss} (grad norm {norm}) at step {step}; stopped without saving: "
@@ -433,6 +469,9 @@ class Trainer:
 
     def _log_step(self, bar, loss, lr, norm, timing) -> None:
         record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, **timing}
+        self.steps_logged += 1
+        if self.steps_logged <= PEAK_MEMORY_STEPS:
+            record.update(self._peak_memory())
         self.metrics.write(record)
         if not self.ctx.is_main:
             return
@@ -473,6 +512,10 @@ class Trainer:
         if flag.item() > 0 and self.stop_signal is None:
             self.stop_signal = "a signal on another rank"
         return flag.item() > 0
+
+
+def _size_or_unknown(n: int | None) -> str:
+    return "unknown memory" if n is None else f"{n / 2**30:.1f} GiB"
 
 
 def train(config: TrainConfig, run_dir, resume=False, overwrite=False, log=None, progress=True) -> TrainResult:
