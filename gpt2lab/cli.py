@@ -514,6 +514,10 @@ def add_plot_command(commands) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE.png", help="output image (default: RUN_DIR/loss.png of the first run)")
     p.add_argument("--no-baselines", action="store_true", help="leave out the GPT-2 124M reference lines")
+    p.add_argument("--x", choices=("step", "time"), default="step",
+                   help="x axis: the optimizer step (default), or minutes of training (the summed ms_per_step), to "
+                   "compare runs at equal wall time")
+    p.add_argument("--val-only", action="store_true", help="draw only the val loss curves (clearer with many runs)")
     p.set_defaults(run=run_plot)
 
 
@@ -521,7 +525,7 @@ def run_plot(args) -> int:
     from gpt2lab.plot import plot_runs
 
     out = args.out or str(Path(args.runs[0]) / "loss.png")
-    path = plot_runs(args.runs, out, baselines=not args.no_baselines)
+    path = plot_runs(args.runs, out, baselines=not args.no_baselines, x=args.x, train=not args.val_only)
     print(f"wrote {path}")
     return 0
 

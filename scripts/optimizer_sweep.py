@@ -80,6 +80,8 @@ ARMS: dict[str, list[str]] = {
     "muon-0.005-wsd": muon(0.005, **WSD),
     # the best of each: Muon 0.01, AdamW part 8e-3, c_attn as three matrices, warmup-stable-decay
     "muon-0.01-adam-8e-3-split-qkv-wsd": muon(0.01, 8e-3, optim__muon_split_qkv="true", **WSD),
+    "muon-0.005-adam-8e-3-split-qkv-wsd": muon(0.005, 8e-3, optim__muon_split_qkv="true", **WSD),
+    "muon-0.02-adam-8e-3-split-qkv-wsd": muon(0.02, 8e-3, optim__muon_split_qkv="true", **WSD),
     # c_attn orthogonalised as three matrices (q, k, v) instead of one
     "muon-0.01-split-qkv": muon(0.01, optim__muon_split_qkv="true"),
     "muon-0.01-adam-4e-3-split-qkv": muon(0.01, 4e-3, optim__muon_split_qkv="true"),

@@ -245,3 +245,27 @@ def test_plot_draws_every_run_and_the_gpt2_baselines(tmp_path, monkeypatch, caps
     assert flat(loss_axis) == [] and flat(hellaswag_axis) == [0.2955, 0.337]
     assert "demo val" in curves(loss_axis)
     assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_at_equal_wall_time_puts_each_val_loss_at_the_training_minutes_spent_by_its_step(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """--x time: a slower run's val point lands further right (summed ms_per_step, in minutes); --val-only drops
+    the train curves. A run that logged no step times cannot be drawn against time: one line, exit 2."""
+    from matplotlib.figure import Figure
+
+    def run(name, ms):
+        records = [{"step": s, "loss": 9.0 - s, "ms_per_step": ms} for s in range(1, 5)]
+        return _run_trained_on(tmp_path, name, "shakespeare", records + [{"step": 2, "val_loss": 6.0},
+                                                                         {"step": 4, "val_loss": 5.0}])
+
+    fast, slow = run("fast", 30_000.0), run("slow", 60_000.0)  # half a minute, a minute per step
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), real_savefig(fig, *a, **k)))
+    assert main(["plot", str(fast), str(slow), "--x", "time", "--val-only", "--out", str(tmp_path / "t.png")]) == 0
+    lines = {line.get_label(): list(line.get_xdata()) for line in figures[-1].axes[0].get_lines()}
+    assert lines == {"fast val": [1.0, 2.0], "slow val": [2.0, 4.0]}
+    assert "minutes" in figures[-1].axes[0].get_xlabel()
+
+    untimed = _run_trained_on(tmp_path, "untimed", "shakespeare", [{"step": 1, "loss": 9.0}])
+    one_line_error(run_main(capsys, "plot", untimed, "--x", "time", "--out", tmp_path / "u.png"), "ms_per_step")
