@@ -353,3 +353,15 @@ def test_torchrun_two_processes_with_muon_match_one_process_with_accumulation(tm
     a, b = load_model(tmp_path / "single").state_dict(), load_model(tmp_path / "ddp").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+
+
+def test_a_muon_preset_switched_to_adamw_drops_its_muon_settings_but_the_user_s_are_still_refused():
+    """The demo preset trains with Muon; `--optim.name adamw` on it means "this preset with AdamW": the preset's
+    Muon settings return to their defaults (and so do not reach the saved config) instead of being refused."""
+    demo = resolve_config("shakespeare-cpu")
+    assert demo.optim.name == "muon" and demo.optim.muon_lr == 0.01
+    adamw = resolve_config("shakespeare-cpu", overrides=[("optim.name", "adamw")])
+    assert adamw.optim.name == "adamw" and adamw.optim.muon_lr == OptimSection().muon_lr
+    assert (adamw.model, adamw.data, adamw.schedule) == (demo.model, demo.data, demo.schedule)
+    with pytest.raises(ConfigError, match="optim.muon_lr is a Muon setting but optim.name is adamw"):
+        resolve_config("shakespeare-cpu", overrides=[("optim.name", "adamw"), ("optim.muon_lr", "0.02")])

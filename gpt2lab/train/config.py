@@ -302,17 +302,35 @@ def resolve_config(preset=None, config_file=None, overrides=(), base: dict | Non
     config = TrainConfig()
     if base is not None:
         apply_mapping(config, base, "saved run config")
-    given = set()  # keys a preset, file or override sets (a saved run config lists every key: not counted)
-    for mapping, where in ((read_config_file(preset_path(preset)) if preset else None, f"preset {preset}"),
-                           (read_config_file(config_file) if config_file else None, str(config_file))):
-        if mapping is not None:
-            apply_mapping(config, mapping, where)
-            given |= {f"{section}.{key}" for section, values in mapping.items() for key in values}
+    from_preset, from_user = set(), set()  # the keys each sets (a saved run config lists every key: not counted)
+    if preset:
+        mapping = read_config_file(preset_path(preset))
+        apply_mapping(config, mapping, f"preset {preset}")
+        from_preset = {f"{section}.{key}" for section, values in mapping.items() for key in values}
+    if config_file:
+        mapping = read_config_file(config_file)
+        apply_mapping(config, mapping, str(config_file))
+        from_user = {f"{section}.{key}" for section, values in mapping.items() for key in values}
     for key, value in overrides:
         set_value(config, key, value)
-        given.add(key)
+        from_user.add(key)
+    given = (from_preset | from_user) - drop_preset_muon_settings(config, from_preset, from_user)
     validate(config, given)
     return config
+
+
+def drop_preset_muon_settings(config: TrainConfig, from_preset: set, from_user: set) -> set:
+    """A preset that trains with Muon (the demo's) carries Muon settings; a user who switches it to AdamW
+    (`--optim.name adamw`) means "this preset, with AdamW", so those settings go back to their defaults instead of
+    being refused. Muon settings the user gave (file, overrides) still are. Returns the keys dropped."""
+    if config.optim.name != "adamw":
+        return set()
+    dropped = {key for key in MUON_KEYS if key in from_preset and key not in from_user}
+    defaults = OptimSection()
+    for key in dropped:
+        field = key.split(".", 1)[1]
+        setattr(config.optim, field, getattr(defaults, field))
+    return dropped
 
 
 MUON_KEYS = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimSection) if f.name.startswith("muon_"))
