@@ -559,7 +559,7 @@ def add_bench_command(commands) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
     p.add_argument("--dtypes", type=_csv(str), default=None,
                    help="comma-separated dtypes to run ours (and, for train, theirs) in; default float32, "
-                   "plus bfloat16 where the device computes it natively")
+                   "plus bfloat16 where the device computes it natively (serve: the first one only)")
     p.add_argument("--batch-size", type=int, default=4, help="train: micro-batch size (default 4)")
     p.add_argument("--seq-len", type=int, default=256, help="train: sequence length (default 256)")
     p.add_argument("--iters", type=int, default=3, help="train: timed steps per repetition (default 3)")

@@ -87,8 +87,12 @@ ARMS: dict[str, list[str]] = {
     "muon-0.01-adam-8e-3-split-qkv-wsd": muon(**FINAL),
     "muon-0.005-adam-8e-3-split-qkv-wsd": muon(**{**FINAL, "muon_lr": 0.005}),
     "muon-0.02-adam-8e-3-split-qkv-wsd": muon(**{**FINAL, "muon_lr": 0.02}),
-    # a third of the steps, with its own schedule (warmup, constant, cool-down over steps 240-300)
+    # a third (and 4/9) of the steps, each with its own schedule (warmup, constant, cool-down over the last 20 %)
     "muon-0.01-adam-8e-3-split-qkv-wsd-300-steps": muon(**FINAL, schedule__max_steps=300),
+    "muon-0.01-adam-8e-3-split-qkv-wsd-400-steps": muon(**FINAL, schedule__max_steps=400),
+    # AdamW given at least Muon's wall time: 1,035 steps = 900 x 1.15, Muon's time per step over AdamW's at the
+    # most measured (README); same schedule shape, so its cool-down comes at its own end
+    "adamw-1e-3-wsd-1035-steps": adamw(1e-3, "wsd", schedule__max_steps=1035),
     # second seed (weights and data order) for the best settings
     "adamw-1e-3-s2": adamw(1e-3, **SEED2),
     "muon-0.01-adam-4e-3-s2": muon(0.01, 4e-3, **SEED2),

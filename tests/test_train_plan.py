@@ -49,7 +49,7 @@ def test_dry_run_plans_the_resolved_run_and_writes_nothing(tmp_path, capsys, mon
     breakdown = found["memory_breakdown_bytes"]
     assert found["memory_per_device_bytes"] == sum(breakdown.values())
     assert breakdown["logits"] == 2 * 16 * 50304 * 12  # the B x T x vocab float32 buffers of the loss
-    assert found["est_step_seconds"] > 0 and found["peak_flops"] > 0 and found["assumed_mfu"] == 0.35
+    assert found["est_step_seconds"] > 0 and found["peak_flops"] > 0 and found["assumed_mfu"] == plan.DEFAULT_MFU["cpu"][0]
     assert found["est_total_seconds"] == pytest.approx(50 * found["est_step_seconds"] + found["est_eval_seconds"])
     assert found["checkpoint_disk_bytes"] == found["checkpoint_keep"] * found["checkpoint_bytes"]
 
@@ -68,7 +68,8 @@ def test_the_text_plan_names_what_a_user_needs(tmp_path, capsys):
     text = result.stdout
     for needle in ("plan (estimates)", "parameters", "tokens/step = 4 x 16 x 1 process(es) x 1 micro-step(s)",
                    "20,000 train tokens", "per process at a step's peak (bf16, Muon + AdamW)", "runtime",
-                   "autocast copies", "logits", "assumed 35% MFU", "measured: bfloat16 matmul", "checkpoints ~"):
+                   "autocast copies", "logits", f"assumed {plan.DEFAULT_MFU['cpu'][0]:.0%} MFU",
+                   "measured: bfloat16 matmul", "checkpoints ~"):
         assert needle in text, text
 
 
