@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The gpt2lab demo: train a small GPT-2 on the complete works of Shakespeare, on this computer's CPU, in about
-# ten minutes, then let it write some Shakespeare. Safe to re-run: every stage picks up where it stopped.
+# The gpt2lab demo: train a small GPT-2 on the complete works of Shakespeare, on this computer's CPU, in 5-10
+# minutes, then let it write some Shakespeare. Safe to re-run: every stage picks up where it stopped.
 #
 #   bash scripts/demo.sh
 #

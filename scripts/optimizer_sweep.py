@@ -90,6 +90,12 @@ ARMS: dict[str, list[str]] = {
     # a third (and 4/9) of the steps, each with its own schedule (warmup, constant, cool-down over the last 20 %)
     "muon-0.01-adam-8e-3-split-qkv-wsd-300-steps": muon(**FINAL, schedule__max_steps=300),
     "muon-0.01-adam-8e-3-split-qkv-wsd-400-steps": muon(**FINAL, schedule__max_steps=400),
+    # the cool-down's length (WSD's decay_fraction; 0.2 above) for the short Muon run and for the best AdamW
+    "muon-0.01-adam-8e-3-split-qkv-wsd-300-steps-decay-0.4": muon(**FINAL, schedule__max_steps=300,
+                                                                  schedule__decay_fraction=0.4),
+    "muon-0.01-adam-8e-3-split-qkv-wsd-300-steps-decay-0.6": muon(**FINAL, schedule__max_steps=300,
+                                                                  schedule__decay_fraction=0.6),
+    "adamw-1e-3-wsd-decay-0.4": adamw(1e-3, "wsd", schedule__decay_fraction=0.4),
     # AdamW given at least Muon's wall time: 1,035 steps = 900 x 1.15, Muon's time per step over AdamW's at the
     # most measured (README); same schedule shape, so its cool-down comes at its own end
     "adamw-1e-3-wsd-1035-steps": adamw(1e-3, "wsd", schedule__max_steps=1035),
