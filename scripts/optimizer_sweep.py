@@ -96,6 +96,12 @@ ARMS: dict[str, list[str]] = {
     "muon-0.01-adam-8e-3-split-qkv-wsd-300-steps-decay-0.6": muon(**FINAL, schedule__max_steps=300,
                                                                   schedule__decay_fraction=0.6),
     "adamw-1e-3-wsd-decay-0.4": adamw(1e-3, "wsd", schedule__decay_fraction=0.4),
+    # a short run may want higher LRs
+    "muon-0.02-adam-8e-3-split-qkv-wsd-300-steps-decay-0.6": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=300,
+                                                                  schedule__decay_fraction=0.6),
+    "muon-0.02-adam-1.6e-2-split-qkv-wsd-300-steps-decay-0.6": muon(**{**FINAL, "muon_lr": 0.02, "adam_lr": 1.6e-2},
+                                                                    schedule__max_steps=300,
+                                                                    schedule__decay_fraction=0.6),
     # AdamW given at least Muon's wall time: 1,035 steps = 900 x 1.15, Muon's time per step over AdamW's at the
     # most measured (README); same schedule shape, so its cool-down comes at its own end
     "adamw-1e-3-wsd-1035-steps": adamw(1e-3, "wsd", schedule__max_steps=1035),
