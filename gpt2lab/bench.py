@@ -138,14 +138,17 @@ def measure_step_matmuls(config: GPTConfig, batch_size: int, seq_len: int, devic
     """Seconds that the matrix products of one training step take alone (median of `repeats`): the part of the
     step no implementation can avoid, so ms_per_iter minus this is what the rest of the step costs (attention's
     softmax, GELU, LayerNorm, the loss, casts, the optimizer, ...)."""
+    def operand(b, rows, cols, transposed):  # (b, rows, cols), stored transposed if autograd hands it so
+        return torch.randn(b, cols, rows, device=device, dtype=dtype).mT if transposed else \
+            torch.randn(b, rows, cols, device=device, dtype=dtype)
+
     # one pair of operands per distinct shape, reused: the products are timed, not their allocation
-    operands = {}
-    for shape in set(step_matmul_shapes(config, batch_size, seq_len)):
-        b, m, k, n, a_t, b_t = shape
-        a = torch.randn(b, k, m, device=device, dtype=dtype).mT if a_t else torch.randn(b, m, k, device=device, dtype=dtype)
-        w = torch.randn(b, n, k, device=device, dtype=dtype).mT if b_t else torch.randn(b, k, n, device=device, dtype=dtype)
-        operands[shape] = (a[0], w[0]) if b == 1 else (a, w)
     shapes = step_matmul_shapes(config, batch_size, seq_len)
+    operands = {}
+    for shape in set(shapes):
+        b, m, k, n, a_t, b_t = shape
+        a, w = operand(b, m, k, a_t), operand(b, k, n, b_t)
+        operands[shape] = (a[0], w[0]) if b == 1 else (a, w)
 
     def step():
         for shape in shapes:

@@ -441,7 +441,8 @@ def add_train_command(commands) -> None:
                       "time, checkpoint disk) for the resolved config and exit; --out is optional")
     plan.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
     plan.add_argument("--assume-mfu", type=float, metavar="FRACTION",
-                      help="with --dry-run: model FLOPs utilisation to assume for the time (default: 0.35, see README)")
+                      help="with --dry-run: model FLOPs utilisation to assume for the time (default: 0.35 on GPUs, 0.4 on "
+                      "CPUs; the plan names its source)")
     plan.add_argument("--plan-device", metavar="NAME",
                       help="with --dry-run: plan for a GPU this machine does not have, from published specs: "
                       "h100, h100-pcie, h200, a100, a100-40gb, l40s, a10, l4, rtx4090, rtx3090")

@@ -73,8 +73,9 @@ class Muon(torch.optim.Optimizer):
 
     Under torch.distributed the gradients are already averaged (DDP), so every rank would compute the same
     updates: instead rank r orthogonalises the matrices i with i % world_size == r (those of one shape together, in
-    one batched Newton-Schulz), and each update is broadcast from the rank that computed it. The momentum buffers are updated on every rank (cheap, elementwise) and so are
-    identical everywhere, as the checkpoint (rank 0's state) assumes.
+    one batched Newton-Schulz), and each update is broadcast from the rank that computed it. The momentum buffers
+    are updated on every rank (cheap, elementwise) and so are identical everywhere, as the checkpoint (rank 0's
+    state) assumes.
 
     `ns_dtype` (bf16 on GPUs; float32 on CPUs without native bf16, where emulated bf16 is very slow) is a property
     of the machine, not of the run, so it is not in the state_dict.
