@@ -209,6 +209,19 @@ def test_an_explicit_accumulation_that_agrees_trains_and_logs_the_peak_memory(tm
     assert "val_loss" in records[-1]
 
 
+def test_the_logged_peak_memory_never_goes_down(tmp_path, capsys, monkeypatch):
+    # Linux's VmHWM can read a few hundred KiB lower than a moment before (lagging per-CPU counters); the log keeps
+    # the highest reading, which is what a peak is
+    readings = iter([300, 500, 499, 600, 550] * 2)
+    monkeypatch.setattr("gpt2lab.memory.peak_bytes", lambda device: next(readings) * 2**20)
+    run = tmp_path / "run"
+    result = run_main(capsys, "train", "--out", run, *cli_flags(write_dataset(tmp_path / "data"),
+                                                                   schedule__max_steps=4))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["peak_mem_mb"] for r in records if "peak_mem_mb" in r] == [300, 500, 500, 600, 600]
+
+
 # ---------------------------------------------------------------------------------------------- "auto"
 
 

@@ -330,7 +330,7 @@ class Trainer:
                           peak_flops(self.device), self.ctx.world_size)
         batches = batch_iterator(self.train_loader)
         bar = self._progress_bar(max_steps)
-        self.steps_logged = 0
+        self.steps_logged, self.peak_seen = 0, 0
         loss = val_loss = math.nan
         previous = self._install_signal_handlers()
         try:
@@ -396,8 +396,14 @@ class Trainer:
         return val_loss
 
     def _peak_memory(self) -> dict:
+        # The highest reading so far, not the last: Linux's VmHWM is max(recorded high-water mark, resident size now),
+        # the kernel records the high-water mark only at some events (unmapping, exit), and the resident size is
+        # read from per-CPU counters that lag by a few hundred KiB, so two readings can go down by that much.
         peak = memory.peak_bytes(self.device)
-        return {} if peak is None else {"peak_mem_mb": round(peak / 2**20, 1)}
+        if peak is None:
+            return {}
+        self.peak_seen = max(self.peak_seen, peak)
+        return {"peak_mem_mb": round(self.peak_seen / 2**20, 1)}
 
     def _diverged(self, step: int, loss: float, norm: float) -> TrainingDiverged:
         return TrainingDiverged(f"loss became {loss} (grad norm {norm}) at step {step}; stopped without saving: "
