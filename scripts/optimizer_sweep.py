@@ -102,6 +102,18 @@ ARMS: dict[str, list[str]] = {
     "muon-0.02-adam-1.6e-2-split-qkv-wsd-300-steps-decay-0.6": muon(**{**FINAL, "muon_lr": 0.02, "adam_lr": 1.6e-2},
                                                                     schedule__max_steps=300,
                                                                     schedule__decay_fraction=0.6),
+    # the 300-step run's warmup (the preset's 30 steps are 10 % of it), a cool-down over all of it, Muon 0.03, and
+    # a smaller AdamW part; each from the 0.02 + 60 % arm above, one change at a time
+    "muon-0.02-adam-8e-3-split-qkv-wsd-300-steps-decay-0.6-warmup-10": muon(
+        **{**FINAL, "muon_lr": 0.02}, schedule__max_steps=300, schedule__decay_fraction=0.6,
+        schedule__warmup_steps=10),
+    "muon-0.02-adam-8e-3-split-qkv-wsd-300-steps-decay-1.0": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=300,
+                                                                  schedule__decay_fraction=1.0),
+    "muon-0.03-adam-8e-3-split-qkv-wsd-300-steps-decay-0.6": muon(**{**FINAL, "muon_lr": 0.03}, schedule__max_steps=300,
+                                                                  schedule__decay_fraction=0.6),
+    "muon-0.02-adam-4e-3-split-qkv-wsd-300-steps-decay-0.6": muon(**{**FINAL, "muon_lr": 0.02, "adam_lr": 4e-3},
+                                                                  schedule__max_steps=300,
+                                                                  schedule__decay_fraction=0.6),
     # AdamW given at least Muon's wall time: 1,035 steps = 900 x 1.15, Muon's time per step over AdamW's at the
     # most measured (README); same schedule shape, so its cool-down comes at its own end
     "adamw-1e-3-wsd-1035-steps": adamw(1e-3, "wsd", schedule__max_steps=1035),
@@ -110,6 +122,12 @@ ARMS: dict[str, list[str]] = {
     "muon-0.01-adam-4e-3-s2": muon(0.01, 4e-3, **SEED2),
     "adamw-1e-3-wsd-s2": adamw(1e-3, "wsd", **SEED2),
     "muon-0.01-adam-8e-3-split-qkv-wsd-s2": muon(**FINAL, **SEED2),
+    "muon-0.02-adam-8e-3-split-qkv-wsd-300-steps-decay-0.6-s2": muon(**{**FINAL, "muon_lr": 0.02},
+                                                                     schedule__max_steps=300,
+                                                                     schedule__decay_fraction=0.6, **SEED2),
+    "muon-0.02-adam-8e-3-split-qkv-wsd-300-steps-decay-1.0-s2": muon(**{**FINAL, "muon_lr": 0.02},
+                                                                     schedule__max_steps=300,
+                                                                     schedule__decay_fraction=1.0, **SEED2),
 }
 
 
