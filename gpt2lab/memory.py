@@ -126,15 +126,20 @@ class TrainingMemory:
 # find no room but above what the previous step used: the process's resident memory grows over the first steps, by
 # whole loss buffers at a time and by an amount that differs between identical runs, and settles (mostly by step
 # 10) at 1.2-1.8x the first step's. With accumulation the gradients, which stay from one micro-step to the next, also
-# split the room the first micro-step's buffers leave, so the next one's need more. The allowance is a fraction of
-# what a step allocates and frees (activations, loss buffers, gradients; half the first two again when
-# accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes (2-12 layers, 64-768 wide, fp32/bf16,
-# AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps): within 15 % of each shape's highest measured peak,
+# split the room the first micro-step's buffers leave, so the next one's need more, and every micro-step is one
+# more chance to: the allowance counts the activations and loss buffers again once at 2 micro-steps and 1.5 times
+# from 3 on (ACCUMULATION_CHURN). The allowance is a fraction of what a step allocates and frees (activations, loss
+# buffers, gradients, and that extra when accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes
+# (2-12 layers, 64-768 wide, fp32/bf16, AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps) and, for
+# accumulation, of 54 launcher-measured runs of 9 shapes (3-6 layers, 128-512 wide, fp32/bf16, AdamW/Muon, 2, 4
+# and 8 micro-steps; the highest of six within 13 % of the estimate, where half the activations and loss buffers
+# had been up to 30 % short at 4 and 8 micro-steps): within 15 % of each shape's highest measured peak,
 # over those and the launcher-measured runs of tests/test_memory_estimate.py (test runs measured before the
 # VmHWM fix are not counted: ru_maxrss had added pytest's own memory to them). A run whose heap happens not to
 # fragment stays lower, up to 35 % below the estimate (the most erratic shape, the fp32 demo's, whose 200 MB loss
 # buffers are most of its peak, measured 1.18-1.83 GB over six runs): the estimate is what to budget for, not what every run reaches.
 CPU_HEAP_SLACK = 0.8
+ACCUMULATION_CHURN = {1: 0.0, 2: 1.0}  # micro-steps -> extra sets of activations and loss buffers; 1.5 beyond
 
 
 def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
@@ -172,8 +177,7 @@ def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_pa
     step = gradients + muon_updates
     at_backward = backward >= step
     churn = activations + logits + gradients  # what a step allocates and frees (see CPU_HEAP_SLACK)
-    if grad_accum > 1:
-        churn += (activations + logits) // 2
+    churn += int(ACCUMULATION_CHURN.get(grad_accum, 1.5) * (activations + logits))
     return TrainingMemory(
         runtime=runtime, weights=4 * params, gradients=held if at_backward else gradients,
         optimizer=optimizer + (0 if at_backward else muon_updates),
