@@ -128,7 +128,7 @@ class TrainingMemory:
 # 10) at 1.2-1.8x the first step's. With accumulation the gradients, which stay from one micro-step to the next, also
 # split the room the first micro-step's buffers leave, so the next one's need more, and every micro-step is one
 # more chance to: the allowance counts the activations and loss buffers again once at 2 micro-steps and 1.5 times
-# from 3 on (ACCUMULATION_CHURN). The allowance is a fraction of what a step allocates and frees (activations, loss
+# from 3 on (accumulation_churn). The allowance is a fraction of what a step allocates and frees (activations, loss
 # buffers, gradients, and that extra when accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes
 # (2-12 layers, 64-768 wide, fp32/bf16, AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps) and, for
 # accumulation, of 54 launcher-measured runs of 9 shapes (3-6 layers, 128-512 wide, fp32/bf16, AdamW/Muon, 2, 4
@@ -139,7 +139,12 @@ class TrainingMemory:
 # fragment stays lower, up to 35 % below the estimate (the most erratic shape, the fp32 demo's, whose 200 MB loss
 # buffers are most of its peak, measured 1.18-1.83 GB over six runs): the estimate is what to budget for, not what every run reaches.
 CPU_HEAP_SLACK = 0.8
-ACCUMULATION_CHURN = {1: 0.0, 2: 1.0}  # micro-steps -> extra sets of activations and loss buffers; 1.5 beyond
+
+
+def accumulation_churn(grad_accum: int) -> float:
+    """Extra sets of activations and loss buffers the heap allowance counts for this many micro-steps (see above):
+    none for 1, one for 2, 1.5 from 3 on."""
+    return min(grad_accum - 1, 1.5)
 
 
 def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
@@ -177,7 +182,7 @@ def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_pa
     step = gradients + muon_updates
     at_backward = backward >= step
     churn = activations + logits + gradients  # what a step allocates and frees (see CPU_HEAP_SLACK)
-    churn += int(ACCUMULATION_CHURN.get(grad_accum, 1.5) * (activations + logits))
+    churn += int(accumulation_churn(grad_accum) * (activations + logits))
     return TrainingMemory(
         runtime=runtime, weights=4 * params, gradients=held if at_backward else gradients,
         optimizer=optimizer + (0 if at_backward else muon_updates),

@@ -60,11 +60,12 @@ def measured_peaks(args_list, env) -> list[int]:
     """Run commands side by side to the end, each under the launcher; the peak resident set size of each, in bytes.
     Output goes to files: pipes could fill and block.
 
-    How far the heap fragments is decided by the process's memory layout (randomised on each start) and Python's
-    hash seed (which orders sets and dicts, and so small allocations): with both fixed, identical runs measured the
-    same peak to the MiB, and with either left random, the same config measured 1.9-2.5 GB. So the runs are three
-    fixed draws, hash seeds 0, 1 and 2 without address randomisation: the test measures the same peaks each time,
-    rather than passing or failing on the draw."""
+    How far the heap fragments is decided mostly by the process's memory layout (randomised on each start) and
+    Python's hash seed (which orders sets and dicts, and so small allocations): with both fixed, four identical runs
+    measured the same peak to the MiB, and with either left random, the same config measured 1.9-2.5 GB. So the runs
+    are three fixed draws, hash seeds 0, 1 and 2 without address randomisation. What is left to chance (here, the
+    temporary directory's name, which changes the size of some allocations) moved a config's highest of three by up
+    to 5 % between test runs, against up to 15 % with random draws."""
     processes = []
     for seed, args in enumerate(args_list):
         log = open(f"{args[args.index('--out') + 1]}.log", "w+")
