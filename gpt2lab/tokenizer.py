@@ -16,7 +16,7 @@ import functools
 import os
 from pathlib import Path
 
-from gpt2lab.cache import FetchError, cache_dir, fetch_verified
+from gpt2lab.storage.cache import FetchError, cache_dir, fetch_verified
 from gpt2lab.errors import TokenizerError
 
 BPE_FILE_ENV = "GPT2LAB_BPE_FILE"

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from gpt2lab.device import keep_freed_memory
-from gpt2lab.model import GPT
+from gpt2lab.runtime.device import keep_freed_memory
+from gpt2lab.model.gpt import GPT
 from gpt2lab.train.config import resolve_config
 from gpt2lab.train.optim import make_optimizer
 

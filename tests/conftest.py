@@ -33,7 +33,7 @@ def session_cache(tmp_path_factory):
     replaces files by rename, so a link is never written through) but not with derived files such as the HF
     tokenizer files: the tests derive those themselves, once per session.
     """
-    from gpt2lab.cache import cache_dir
+    from gpt2lab.storage.cache import cache_dir
 
     user_cache, cache = cache_dir(), tmp_path_factory.mktemp("gpt2lab-cache")
     if user_cache.is_dir():

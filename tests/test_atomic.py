@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from gpt2lab import atomic
-from gpt2lab.atomic import atomic_directory, atomic_path, atomic_write_text
+from gpt2lab.storage import atomic
+from gpt2lab.storage.atomic import atomic_directory, atomic_path, atomic_write_text
 
 
 @pytest.fixture

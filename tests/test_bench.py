@@ -61,8 +61,8 @@ def test_bench_train(tmp_path, capsys):
 def test_step_matmuls_are_the_products_of_a_training_step():
     """Their FLOPs are exactly a step's: 3 products (forward, input and weight gradients) of 2 x tokens x each
     projection's weights (head included), and attention's 6 products of 2 x B x T x T x C per layer."""
-    from gpt2lab.bench import BENCH_CONFIGS, step_matmul_shapes
-    from gpt2lab.model import GPT
+    from gpt2lab.tools.bench import BENCH_CONFIGS, step_matmul_shapes
+    from gpt2lab.model.gpt import GPT
 
     config, B, T = BENCH_CONFIGS["tiny"], 3, 16
     shapes = step_matmul_shapes(config, B, T)
@@ -119,7 +119,7 @@ def test_bench_bad_input(capsys, args, message):
     (["prepare", "--text-repeat", "1"], "--text-repeat 1 would need ~"),
 ], ids=["train", "generate", "prepare"])
 def test_bench_refuses_sizes_beyond_the_memory_available(capsys, monkeypatch, args, message):
-    from gpt2lab import memory
+    from gpt2lab.runtime import memory
 
     # 1 MiB "available": small sizes, so that a broken check would run a short benchmark, not exhaust memory
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)

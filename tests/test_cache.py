@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from gpt2lab import cache
-from gpt2lab.cache import ChecksumMismatch, FetchError, fetch_verified
+from gpt2lab.storage import cache
+from gpt2lab.storage.cache import ChecksumMismatch, FetchError, fetch_verified
 
 PAYLOAD = b"ranks\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from gpt2lab import GPT, load_model
 from gpt2lab.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError
-from gpt2lab.model_source import resolve_model_dir
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.hf.resolve import resolve_model_dir
+from gpt2lab.storage.run_directory import RunDirectory
 from tests.conftest import ODD, hf_gpt2, run_cli, tiny_gpt
 
 CONFIGS = {

@@ -56,7 +56,7 @@ def samples(out):
 
 
 def test_many_samples_come_in_bounded_batches_each_printed_when_done(tiny_model_dir, monkeypatch):
-    import gpt2lab.generate
+    import gpt2lab.sampling.decode
 
     class Pipe(io.StringIO):
         """Standard output into a pipe: what a reader sees is what was flushed."""
@@ -66,14 +66,14 @@ def test_many_samples_come_in_bounded_batches_each_printed_when_done(tiny_model_
             self.flushed = self.getvalue()
 
     shown_before_each_batch, rows = [], []
-    real_generate = gpt2lab.generate.generate
+    real_generate = gpt2lab.sampling.decode.generate
 
     def spy(model, idx, *args, **kwargs):
         shown_before_each_batch.append(len(samples(sys.stdout.flushed)))
         rows.append(idx.size(0))
         return real_generate(model, idx, *args, **kwargs)
 
-    monkeypatch.setattr(gpt2lab.generate, "generate", spy)
+    monkeypatch.setattr(gpt2lab.sampling.decode, "generate", spy)
     monkeypatch.setattr(sys, "stdout", Pipe())
     code = main(["sample", str(tiny_model_dir), "--num-samples", "20", "--batch-size", "8", "--max-new-tokens", "3"])
     assert code == 0 and len(samples(sys.stdout.getvalue())) == 20
@@ -93,7 +93,7 @@ def test_sample_i_is_the_same_whatever_the_batching_and_the_number_of_samples(ti
 
 
 def test_a_batch_too_large_for_memory_is_refused_in_one_line(tiny_model_dir, capsys, monkeypatch):
-    from gpt2lab import memory
+    from gpt2lab.runtime import memory
 
     # Memory "available" patched small, so that the test neither depends on this machine's RAM nor, should the
     # check break, allocates what a real refusal protects from. The tiny model has GPT-2's 50,257-token

@@ -1,13 +1,13 @@
-"""The products of CPU decoding (gpt2lab.cpu_decode): float32's split over threads and bf16's packed oneDNN weight
+"""The products of CPU decoding (gpt2lab.model.cpu_decode): float32's split over threads and bf16's packed oneDNN weight
 give the ordinary product's values, the packed copy follows changes to the weight, and decoding uses them."""
 
 import pytest
 import torch
 
-from gpt2lab import cpu_decode
-from gpt2lab.generate import IncrementalDecoder, unembedding_for_decoding
-from gpt2lab.gpt_config import GPTConfig
-from gpt2lab.model import GPT, Conv1D
+from gpt2lab.model import cpu_decode
+from gpt2lab.sampling.decode import IncrementalDecoder, unembedding_for_decoding
+from gpt2lab.model.config import GPTConfig
+from gpt2lab.model.gpt import GPT, Conv1D
 
 needs_packing = pytest.mark.skipif(not cpu_decode.packing_available(),
                                    reason="this CPU or torch build has no native bf16 oneDNN inner product")

@@ -53,7 +53,7 @@ def test_an_archive_with_another_sha256_is_refused_and_not_cached(tmp_path, monk
     import subprocess
     from pathlib import Path
 
-    from gpt2lab import cache
+    from gpt2lab.storage import cache
     from gpt2lab.data import DataError
     from gpt2lab.data import shakespeare
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from gpt2lab import device as device_module
-from gpt2lab.device import autocast, autocast_dtype
+from gpt2lab.runtime import device as device_module
+from gpt2lab.runtime.device import autocast, autocast_dtype
 from gpt2lab.errors import GPT2LabError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -43,8 +43,8 @@ def test_autocast_context():
 
 
 def test_sampling_dtype_auto_is_bf16_where_it_decodes_faster(monkeypatch):
-    from gpt2lab import cpu_decode
-    from gpt2lab.device import decoding_dtype
+    from gpt2lab.model import cpu_decode
+    from gpt2lab.runtime.device import decoding_dtype
 
     assert decoding_dtype("float32", CPU) == torch.float32 and decoding_dtype("bfloat16", CPU) == torch.bfloat16
     monkeypatch.setattr(cpu_decode, "packing_available", lambda: True)  # native bf16 + oneDNN's packed product
@@ -60,9 +60,9 @@ def test_sampling_dtype_auto_is_bf16_where_it_decodes_faster(monkeypatch):
 
 def test_sample_reports_the_dtype_auto_picked(tmp_path, capsys):
     from gpt2lab.cli import main
-    from gpt2lab.device import decoding_dtype
-    from gpt2lab.gpt_config import GPTConfig
-    from gpt2lab.model import GPT
+    from gpt2lab.runtime.device import decoding_dtype
+    from gpt2lab.model.config import GPTConfig
+    from gpt2lab.model.gpt import GPT
 
     GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=50257)).save_pretrained(tmp_path / "m")
     assert main(["sample", str(tmp_path / "m"), "--num-samples", "1", "--max-new-tokens", "3", "--prompt", "Hi"]) == 0

@@ -278,7 +278,7 @@ def test_offline_without_data_says_how_to_get_the_file(tmp_path):
 
 
 def test_a_batch_too_large_for_memory_is_refused_in_one_line(tiny_model_dir, hellaswag_file, monkeypatch, capsys):
-    from gpt2lab import memory
+    from gpt2lab.runtime import memory
 
     # The tiny model has GPT-2's 50,257-token vocabulary: an example's 4 endings of up to ~10 tokens need up to
     # ~12 MB of logits. 40 MiB "available": one example per batch fits, all 24 at once do not.

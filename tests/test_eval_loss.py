@@ -204,7 +204,7 @@ def test_ranks_share_the_windows_without_overlap(monkeypatch):
 
 
 def test_a_batch_too_large_for_memory_is_refused_in_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from gpt2lab import memory
+    from gpt2lab.runtime import memory
 
     # Windows of 64 tokens (the tiny model's context) over GPT-2's 50,257-token vocabulary: ~19 MB of logits each.
     # 50 MiB "available": 2 windows per batch fit, 8 do not.

@@ -7,7 +7,7 @@ import torch
 
 from gpt2lab import GPT
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.generate import (IncrementalDecoder, SamplingError, generate, generate_stream, keep_top_p, sample_next,
+from gpt2lab.sampling.decode import (IncrementalDecoder, SamplingError, generate, generate_stream, keep_top_p, sample_next,
                               sample_seed)
 from tests.conftest import ODD, hf_gpt2, tiny_gpt
 

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from gpt2lab import get_tokenizer, load_model
-from gpt2lab import hf_tokenizer_files as hf_files
+from gpt2lab.hf import tokenizer_files as hf_files
 from gpt2lab.errors import TokenizerError
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train.checkpointing import save_checkpoint
 from tests.conftest import tiny_gpt
 

@@ -88,7 +88,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_lazy_imports_and_package_inits():
     graph = import_graph()
-    assert "gpt2lab.device" in graph["gpt2lab.train.trainer"]  # top level
+    assert "gpt2lab.runtime.device" in graph["gpt2lab.train.trainer"]  # top level
     assert "gpt2lab.eval.hellaswag" in graph["gpt2lab.train.trainer"]  # inside a method
     assert "gpt2lab.eval" in graph["gpt2lab.train.trainer"]  # the package __init__ runs first
     assert "gpt2lab.train" not in graph["gpt2lab.train.trainer"]  # its own package: already importing

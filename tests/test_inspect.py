@@ -7,7 +7,7 @@ import torch
 
 from gpt2lab import GPT, GPTConfig
 from gpt2lab.cli import main
-from gpt2lab.weights_report import InspectError, default_channels, format_report, parameter_totals, write_plots
+from gpt2lab.tools.inspect import InspectError, default_channels, format_report, parameter_totals, write_plots
 from tests.conftest import tiny_gpt
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -100,7 +100,7 @@ def test_every_row_shows_the_tensors_dtype_and_parameter_count():
 def test_plots_draw_wpe_its_channels_and_the_first_attention_block(tmp_path, monkeypatch):
     import numpy as np
 
-    from gpt2lab import weights_report
+    from gpt2lab.tools import inspect as weights_report
 
     figures = {}
     real_save = weights_report._save

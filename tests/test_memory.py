@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import REPO
-from gpt2lab import memory
-from gpt2lab.model import GPTConfig
+from gpt2lab.runtime import memory
+from gpt2lab.model.gpt import GPTConfig
 
 GPT2 = GPTConfig.from_preset("gpt2")
 
@@ -65,7 +65,7 @@ def test_the_measured_peak_is_the_process_own_not_its_parents():
 
     ballast = bytearray(1 << 30)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # resident, not just reserved
-    child = "from gpt2lab import memory; print(memory.peak_bytes('cpu'))"
+    child = "from gpt2lab.runtime import memory; print(memory.peak_bytes('cpu'))"
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert int(out.stdout) < 0.6 * 2**30 < memory.peak_bytes("cpu")  # the child: Python + torch, ~0.25 GB

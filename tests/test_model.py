@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gpt2lab import GPT, GPTConfig
-from gpt2lab.model import ContextLengthError
+from gpt2lab.model.gpt import ContextLengthError
 from tests.conftest import ODD, tiny_gpt
 
 
@@ -88,7 +88,7 @@ def test_unknown_preset():
 @pytest.mark.parametrize("rows", [1, 3, 16, 17])
 def test_decoding_matmul_split_over_threads_equals_addmm(rows, contiguous):
     """Conv1D's few-rows path (inference, CPU, several threads) gives x @ W + b like the plain one."""
-    from gpt2lab.model import Conv1D
+    from gpt2lab.model.gpt import Conv1D
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -139,7 +139,7 @@ def test_gelu_is_the_tanh_approximation_at_trained_model_magnitudes(tmp_path):
 def test_kv_cache_takes_several_tokens_after_a_cached_prefix():
     """A chunk of new tokens after a cached prefix (the masked branch of attention: query i sees keys up to
     prefix + i), as when a prompt is fed in pieces; decoding itself only feeds the prompt, then one token."""
-    from gpt2lab.model import KVCache
+    from gpt2lab.model.gpt import KVCache
 
     model = tiny_gpt(seed=3)
     idx = torch.randint(0, ODD["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(5))
@@ -156,7 +156,7 @@ def test_explicit_attention_is_sdpas_causal_attention():
     within bf16 rounding of the float32 result, as SDPA's own bf16 kernel does."""
     import torch.nn.functional as F
 
-    from gpt2lab.model import explicit_causal_attention
+    from gpt2lab.model.gpt import explicit_causal_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 37, 16, dtype=torch.float64) for _ in range(3))
@@ -183,7 +183,7 @@ def test_explicit_attention_is_sdpas_causal_attention():
 
 def test_bf16_cpu_training_lengths_take_the_explicit_attention(monkeypatch):
     """Up to EXPLICIT_ATTENTION_MAX_T positions (and only in bf16 on a CPU) the model calls the written-out form."""
-    from gpt2lab import model as model_module
+    from gpt2lab.model import gpt as model_module
 
     calls = []
     real = model_module.explicit_causal_attention

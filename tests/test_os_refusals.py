@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from gpt2lab.atomic import OutputError, atomic_directory, atomic_path, output_error
+from gpt2lab.storage.atomic import OutputError, atomic_directory, atomic_path, output_error
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import load_model
+from gpt2lab.model.gpt import load_model
 from train_utils import cli_flags, tiny_config, write_dataset
 
 UNWRITABLE = "/proc/gpt2lab-test/out"  # /proc refuses new entries, whoever runs the tests
@@ -116,7 +116,7 @@ def test_opaque_writer_failures_are_recognised(tmp_path, monkeypatch):
     assert str(refused).startswith(f"cannot write {tmp_path / 'model.safetensors'}: No space left on device")
     opaque = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     assert output_error(opaque, tmp_path / "x.pt") is None  # plenty of space here: a bug, not a refusal
-    monkeypatch.setattr("gpt2lab.atomic._nearly_full", lambda path: True)
+    monkeypatch.setattr("gpt2lab.storage.atomic._nearly_full", lambda path: True)
     assert output_error(opaque, tmp_path / "x.pt").errno == errno.ENOSPC
     assert output_error(GPT2LabError("already a user error"), tmp_path) is None
 
@@ -138,7 +138,7 @@ def test_fault_injected_checkpoint_failure_names_the_last_good_one(tmp_path, mon
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(checkpointing.torch, "save", failing_save)
-    monkeypatch.setattr("gpt2lab.atomic._nearly_full", lambda path: len(calls) >= 2)
+    monkeypatch.setattr("gpt2lab.storage.atomic._nearly_full", lambda path: len(calls) >= 2)
     run = tmp_path / "run"
     config = tiny_config(data, schedule__max_steps=6, checkpoint__every=2, checkpoint__keep=3)
     with pytest.raises(OutputError) as stopped:
@@ -149,7 +149,7 @@ def test_fault_injected_checkpoint_failure_names_the_last_good_one(tmp_path, mon
 
 
 def test_atomic_writers_remove_their_temporaries_on_refusal(tmp_path, monkeypatch):
-    monkeypatch.setattr("gpt2lab.atomic._nearly_full", lambda path: True)
+    monkeypatch.setattr("gpt2lab.storage.atomic._nearly_full", lambda path: True)
     with pytest.raises(OutputError), atomic_path(tmp_path / "file.bin") as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("opaque writer failure")
@@ -165,7 +165,8 @@ def test_atomic_writers_remove_their_temporaries_on_refusal(tmp_path, monkeypatc
     (BrokenPipeError(errno.EPIPE, "Broken pipe"), 0, ""),  # `gpt2lab sample ... | head` stopped reading: fine
 ])
 def test_os_errors_the_library_did_not_wrap_are_still_one_line(monkeypatch, capsys, raised, code, said):
-    from gpt2lab import cli, plot
+    from gpt2lab import cli
+    from gpt2lab.tools import plot
 
     def refused(*args, **kwargs):
         raise raised

@@ -12,12 +12,12 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from gpt2lab.dirlock import LOCK_FILE, DirectoryBusyError, DirectoryLock
+from gpt2lab.storage.dirlock import LOCK_FILE, DirectoryBusyError, DirectoryLock
 from train_utils import cli_flags, write_dataset
 
 HOLD = """
 import sys, time
-from gpt2lab.dirlock import DirectoryLock
+from gpt2lab.storage.dirlock import DirectoryLock
 DirectoryLock(sys.argv[1], what="test holder").acquire()
 print("locked", flush=True)
 time.sleep(600)

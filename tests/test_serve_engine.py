@@ -1,14 +1,14 @@
 """The serving engine without HTTP: the per-row KV cache computes what a cache per sequence computes, batched
-sequences draw what they draw alone (what `gpt2lab.generate` draws), rows are freed and reused, and the text of
+sequences draw what they draw alone (what `gpt2lab.sampling.decode` draws), rows are freed and reused, and the text of
 a completion is released in safe pieces (whole characters, never part of a stop string)."""
 
 import pytest
 import torch
 
-from gpt2lab.generate import generate_stream
+from gpt2lab.sampling.decode import generate_stream
 from gpt2lab.serve.engine import Engine, Sequence, Settings
 from gpt2lab.serve.slots import SlotCache
-from gpt2lab.serve.text import TextStream
+from gpt2lab.sampling.stream import TextStream
 from gpt2lab.tokenizer import get_tokenizer
 from tests.conftest import ODD, tiny_gpt
 
@@ -77,7 +77,7 @@ def engine_run(model, tokenizer, jobs, batch_size=3, arrivals=None):
 
 
 def alone(model, tokenizer, prompt, settings, seed) -> str:
-    """What gpt2lab.generate gives for this one sequence: the text up to <|endoftext|>."""
+    """What gpt2lab.sampling.decode gives for this one sequence: the text up to <|endoftext|>."""
     tokens = [int(t[0]) for t in generate_stream(
         model, torch.tensor([prompt]), settings.max_tokens, temperature=settings.temperature, top_k=settings.top_k,
         top_p=settings.top_p, seed=seed, stop_token=tokenizer.eot_token, vocab_size=tokenizer.n_vocab)]
@@ -88,7 +88,7 @@ def alone(model, tokenizer, prompt, settings, seed) -> str:
 
 def test_batched_sequences_draw_what_they_draw_alone():
     """More sequences than rows, arriving at different steps, with different prompts and sampling settings:
-    each one's text is what gpt2lab.generate gives it alone with its seed."""
+    each one's text is what gpt2lab.sampling.decode gives it alone with its seed."""
     tokenizer = get_tokenizer()
     model = tiny_gpt(vocab_size=50304, block_size=64)  # a padded vocabulary: the 47 extra ids are never drawn
     prompts = [tokenizer.encode(t) for t in ("Hello there", "The meaning of life is, and more", "x y z w")]

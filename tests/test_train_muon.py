@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from gpt2lab.model import GPT, GPTConfig, load_model
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.model.gpt import GPT, GPTConfig, load_model
+from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train import train
 from gpt2lab.train import muon as muon_module
 from gpt2lab.train import trainer as trainer_module

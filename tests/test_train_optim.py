@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.model.gpt import GPT, GPTConfig
 from gpt2lab.train import train
 from gpt2lab.train.config import OptimSection, ScheduleSection
 from gpt2lab.train.optim import lr_at, make_optimizer, param_groups

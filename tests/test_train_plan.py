@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from gpt2lab import GPT, memory, perf
+from gpt2lab import GPT
+from gpt2lab.runtime import memory
+from gpt2lab.runtime import perf
 from gpt2lab.data import TokenLoader
 from gpt2lab.train import plan
 from gpt2lab.train.config import ConfigError, resolve_config
@@ -213,7 +215,7 @@ def test_the_logged_peak_memory_never_goes_down(tmp_path, capsys, monkeypatch):
     # Linux's VmHWM can read a few hundred KiB lower than a moment before (lagging per-CPU counters); the log keeps
     # the highest reading, which is what a peak is
     readings = iter([300, 500, 499, 600, 550] * 2)
-    monkeypatch.setattr("gpt2lab.memory.peak_bytes", lambda device: next(readings) * 2**20)
+    monkeypatch.setattr("gpt2lab.runtime.memory.peak_bytes", lambda device: next(readings) * 2**20)
     run = tmp_path / "run"
     result = run_main(capsys, "train", "--out", run, *cli_flags(write_dataset(tmp_path / "data"),
                                                                    schedule__max_steps=4))

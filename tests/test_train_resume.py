@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from gpt2lab.model import load_model
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.model.gpt import load_model
+from gpt2lab.storage.run_directory import RunDirectory
 from train_utils import cli_flags, losses, write_dataset
 
 # 4 micro-steps per step over the full 50k vocabulary: slow enough (tens of ms per step) to kill mid-run.

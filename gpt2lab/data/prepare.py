@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 
-from gpt2lab.atomic import TMP_PREFIX, atomic_write_text
+from gpt2lab.storage.atomic import TMP_PREFIX, atomic_write_text
 from gpt2lab.data.document import Document
 from gpt2lab.data.errors import DataError
 from gpt2lab.data.manifest import (DTYPE, EOT_TOKEN, FORMAT, MANIFEST, SPLITS, STATE, TOKENIZER, VOCAB_SIZE,
                                    read_manifest)
 from gpt2lab.data.shards import ShardWriter
 from gpt2lab.data.sources import SourceOptions, SourceStats, describe_source, iter_documents
-from gpt2lab.dirlock import LOCK_FILE, DirectoryLock
+from gpt2lab.storage.dirlock import LOCK_FILE, DirectoryLock
 from gpt2lab.tokenizer import get_tokenizer
 
 DEFAULT_VAL_FRACTION = 0.01

@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from gpt2lab.cache import ChecksumMismatch, DownloadFailed, cache_dir, fetch_verified
+from gpt2lab.storage.cache import ChecksumMismatch, DownloadFailed, cache_dir, fetch_verified
 from gpt2lab.data.document import Document
 from gpt2lab.data.errors import DataError
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from gpt2lab.atomic import TMP_PREFIX
+from gpt2lab.storage.atomic import TMP_PREFIX
 from gpt2lab.data.errors import DataError
 from gpt2lab.data.manifest import EOT_TOKEN, shard_name
 

@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gpt2lab import distributed, memory
-from gpt2lab.atomic import atomic_path
-from gpt2lab.cache import cache_dir
-from gpt2lab.device import autocast
+from gpt2lab.runtime import distributed
+from gpt2lab.runtime import memory
+from gpt2lab.storage.atomic import atomic_path
+from gpt2lab.storage.cache import cache_dir
+from gpt2lab.runtime.device import autocast
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
 from gpt2lab.tokenizer import get_tokenizer

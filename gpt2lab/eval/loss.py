@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt2lab import distributed, memory
+from gpt2lab.runtime import distributed
+from gpt2lab.runtime import memory
 from gpt2lab.data.manifest import split_tokens
-from gpt2lab.device import autocast
+from gpt2lab.runtime.device import autocast
 from gpt2lab.errors import GPT2LabError
 from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
 from gpt2lab.tokenizer import get_tokenizer

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpt2lab.generate import sample_seed
+from gpt2lab.sampling.decode import sample_seed
 from gpt2lab.serve import protocol
 from gpt2lab.serve.config import Limits
 from gpt2lab.serve.engine import Engine, Event, Scheduler, Sequence, Settings

@@ -12,7 +12,7 @@ A sequence joins the batch at the next step after it arrives and leaves it as so
 waiting for a whole batch to finish: decoding on a CPU is bound by reading the weights, so 8 rows cost little
 more than 1. Each sequence samples with its own generator and its own settings, so its tokens do not depend on
 which others share its steps (up to float rounding, which differs between batch shapes and can tip a rare
-near-tie, as in `gpt2lab sample`); a lone sequence computes exactly what `gpt2lab.generate` does.
+near-tie, as in `gpt2lab sample`); a lone sequence computes exactly what `gpt2lab.sampling.decode` does.
 
 The `Scheduler` is the one thread that runs the engines (one per served model) in turn; the HTTP side only
 submits sequences and cancels them, and receives `Event`s through each sequence's callback.
@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt2lab.generate import sample_next, seeded_generator, unembedding_for_decoding
+from gpt2lab.sampling.decode import sample_next, seeded_generator, unembedding_for_decoding
 from gpt2lab.serve.slots import SlotCache
-from gpt2lab.serve.text import TextStream
+from gpt2lab.sampling.stream import TextStream
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How one completion is sampled (the rules of `gpt2lab.generate.sample_next`)."""
+    """How one completion is sampled (the rules of `gpt2lab.sampling.decode.sample_next`)."""
 
     max_tokens: int
     temperature: float = 1.0

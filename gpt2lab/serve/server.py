@@ -56,11 +56,11 @@ def url(host: str, port: int) -> str:
 
 def load_models(specs: list[tuple[str, str]], config: ServeConfig, tokenizer, log) -> list:
     """Resolve every MODEL first (a bad one fails before any weights load), check each fits, then load them."""
-    from gpt2lab import memory
-    from gpt2lab.device import decoding_dtype, resolve_device
-    from gpt2lab.hf_format import read_config
-    from gpt2lab.model import load_model
-    from gpt2lab.model_source import resolve_model_dir
+    from gpt2lab.runtime import memory
+    from gpt2lab.runtime.device import decoding_dtype, resolve_device
+    from gpt2lab.hf.format import read_config
+    from gpt2lab.model.gpt import load_model
+    from gpt2lab.hf.resolve import resolve_model_dir
     from gpt2lab.serve.api import ServedModel
     from gpt2lab.serve.engine import Engine
 
@@ -87,7 +87,7 @@ def load_models(specs: list[tuple[str, str]], config: ServeConfig, tokenizer, lo
         log(f"loaded {name} from {directory} ({params / 1e6:.1f}M parameters, context {arch.block_size}, "
             f"{str(dtype).replace('torch.', '')} on {device})")
     if device.type == "cpu":
-        from gpt2lab.device import keep_freed_memory
+        from gpt2lab.runtime.device import keep_freed_memory
 
         keep_freed_memory()  # prefill buffers come and go every request: keep them instead of page-faulting
     return served

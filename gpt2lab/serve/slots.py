@@ -1,6 +1,6 @@
 """The KV cache of a server: one row per sequence being generated, each row with its own length.
 
-`gpt2lab.model.KVCache` holds a batch whose rows all have the same length, which is what sampling one prompt
+`gpt2lab.model.gpt.KVCache` holds a batch whose rows all have the same length, which is what sampling one prompt
 several times needs. A server decodes, in one forward pass, requests that arrived at different times with
 prompts of different lengths, so here every row has its own length and the model sees it through the same three
 methods (`positions`, `attend`, `advance`), given by one of two views:
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gpt2lab.model import ContextLengthError, causal_attention
+from gpt2lab.model.gpt import ContextLengthError, causal_attention
 
 
 class SlotCache:
@@ -82,7 +82,7 @@ class _Decode:
         self.pos = torch.tensor(lengths, dtype=torch.long, device=device)
         self.span = max(lengths) + 1  # keys any row attends to: the longest row's, plus the new token
         # Rows of equal length (always so for a lone request) need no mask: the exact computation of
-        # gpt2lab.generate. Otherwise row b sees its own first lengths[b] + 1 keys only.
+        # gpt2lab.sampling.decode. Otherwise row b sees its own first lengths[b] + 1 keys only.
         self.mask = None
         if min(lengths) != max(lengths):
             self.mask = (torch.arange(self.span, device=device) <= self.pos[:, None])[:, None, None, :]

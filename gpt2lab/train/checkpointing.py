@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab import distributed
-from gpt2lab.atomic import atomic_directory
+from gpt2lab.runtime import distributed
+from gpt2lab.storage.atomic import atomic_directory
 from gpt2lab.errors import CheckpointError, first_line
-from gpt2lab.hf_format import save_model
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.hf.format import save_model
+from gpt2lab.storage.run_directory import RunDirectory
 
 STATE_FILE = "training_state.pt"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from gpt2lab.errors import GPT2LabError, first_line
-from gpt2lab.gpt_config import GPTConfig
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.model.config import GPTConfig
+from gpt2lab.storage.run_directory import RunDirectory
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from gpt2lab.perf import sync
+from gpt2lab.runtime.perf import sync
 
 
 class StepTimer:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from gpt2lab.device import native_bf16
+from gpt2lab.runtime.device import native_bf16
 from gpt2lab.train.config import OptimSection, ScheduleSection
 from gpt2lab.train.muon import CombinedOptimizer, Muon
 

@@ -2,7 +2,7 @@
 
 From the resolved config alone, what the run will need and take: parameters (the model is built on the meta
 device: no memory), the token budget and its split into processes x micro-steps, epochs over the prepared data,
-each process's peak memory (`gpt2lab.memory.training_step`, plus this process's own measured runtime), the time
+each process's peak memory (`gpt2lab.runtime.memory.training_step`, plus this process's own measured runtime), the time
 per step from the FLOPs per token, the device's peak and an assumed model FLOPs utilisation (MFU), and the disk the
 checkpoints take. The same memory estimate chooses `batch_size = "auto"`, which a real forward + backward then
 confirms (`confirm_batch_size`, in the trainer).
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab import memory, perf
-from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
+from gpt2lab.runtime import memory
+from gpt2lab.runtime import perf
+from gpt2lab.runtime.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.gpt_config import PRESETS, GPTConfig
+from gpt2lab.model.config import PRESETS, GPTConfig
 from gpt2lab.train.config import AUTO, TrainConfig
 
 GIB = 2**30
@@ -91,7 +92,7 @@ def device_spec(device: torch.device, amp_dtype: torch.dtype | None) -> DeviceSp
 
 
 def planned_device(name: str, precision: str = "auto") -> DeviceSpec:
-    """A GPU from the table in gpt2lab.perf (h100, a100, rtx4090, ...), for planning without one."""
+    """A GPU from the table in gpt2lab.runtime.perf (h100, a100, rtx4090, ...), for planning without one."""
     key = name.lower().replace(" ", "")
     if key not in perf.GPUS:
         raise GPT2LabError(f"unknown --plan-device {name!r}; choose one of {', '.join(perf.GPUS)} (or leave it out "
@@ -139,8 +140,8 @@ def architecture(config: TrainConfig) -> GPTConfig:
         return config.model.gpt_config()
     if init in PRESETS:
         return GPTConfig.from_preset(init)
-    from gpt2lab.hf_format import CONFIG_JSON, read_config
-    from gpt2lab.model_source import HUB_ALIASES, resolve_model_dir
+    from gpt2lab.hf.format import CONFIG_JSON, read_config
+    from gpt2lab.hf.resolve import HUB_ALIASES, resolve_model_dir
 
     if Path(os.path.expanduser(init)).exists():
         return read_config(resolve_model_dir(init))
@@ -164,7 +165,7 @@ class ParameterCounts:
 
 
 def parameter_counts(arch: GPTConfig, optimizer: str) -> ParameterCounts:
-    from gpt2lab.model import GPT, Conv1D
+    from gpt2lab.model.gpt import GPT, Conv1D
     from gpt2lab.train.optim import muon_parameter_names
 
     with torch.device("meta"):  # shapes only: no memory, no time
@@ -294,7 +295,7 @@ def runtime_bytes(device: DeviceSpec, optimizer: str) -> int:
         return memory.cuda_context_bytes(torch.cuda.current_device())
     if device.type != "cpu":
         return 0
-    from gpt2lab.model import GPT
+    from gpt2lab.model.gpt import GPT
     from gpt2lab.train.optim import make_optimizer
 
     keep_freed_memory()  # as the trainer does: it decides what stays resident

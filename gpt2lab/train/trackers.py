@@ -16,9 +16,9 @@ rather than W&B's internal step, and steps logged again after a resume are added
 
 from __future__ import annotations
 
-from gpt2lab.atomic import atomic_write_text
+from gpt2lab.storage.atomic import atomic_write_text
 from gpt2lab.errors import GPT2LabError, first_line
-from gpt2lab.run_directory import RunDirectory
+from gpt2lab.storage.run_directory import RunDirectory
 
 EXTRAS = {"tensorboard": "pip install 'gpt2lab[tensorboard]'", "wandb": "pip install 'gpt2lab[wandb]'"}
 TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens_per_s": "train/tokens_per_s",

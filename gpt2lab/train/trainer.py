@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gpt2lab import distributed, memory
-from gpt2lab.atomic import OutputError, reporting_refusals
-from gpt2lab.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
+from gpt2lab.runtime import distributed
+from gpt2lab.runtime import memory
+from gpt2lab.storage.atomic import OutputError, reporting_refusals
+from gpt2lab.runtime.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.model import GPT, load_model
-from gpt2lab.perf import flops_per_token, peak_flops
-from gpt2lab.run_directory import MetricsLog, RunDirectory
+from gpt2lab.model.gpt import GPT, load_model
+from gpt2lab.runtime.perf import flops_per_token, peak_flops
+from gpt2lab.storage.run_directory import MetricsLog, RunDirectory
 from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank
 from gpt2lab.train import plan
 from gpt2lab.train.config import AUTO, TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
@@ -38,7 +39,7 @@ from gpt2lab.train.plan import grad_accum_steps
 
 
 # `peak_mem_mb` (the measured peak, to hold against `gpt2lab train --dry-run`'s estimate) is logged on the first
-# steps of each invocation, where a CPU's heap settles (gpt2lab.memory.CPU_HEAP_SLACK), and with every val loss.
+# steps of each invocation, where a CPU's heap settles (gpt2lab.runtime.memory.CPU_HEAP_SLACK), and with every val loss.
 PEAK_MEMORY_STEPS = 20
 
 
@@ -443,7 +444,7 @@ class Trainer:
 
     @torch.no_grad()
     def _write_samples(self) -> None:
-        from gpt2lab.generate import generate
+        from gpt2lab.sampling.decode import generate
         from gpt2lab.tokenizer import get_tokenizer
 
         eval_cfg, tok = self.config.eval, get_tokenizer()

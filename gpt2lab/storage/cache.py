@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from gpt2lab.atomic import atomic_path
+from gpt2lab.storage.atomic import atomic_path
 from gpt2lab.errors import GPT2LabError
 
 

@@ -19,8 +19,8 @@ import json
 import shutil
 from pathlib import Path
 
-from gpt2lab.atomic import atomic_path, atomic_write_text
-from gpt2lab.cache import cache_dir
+from gpt2lab.storage.atomic import atomic_path, atomic_write_text
+from gpt2lab.storage.cache import cache_dir
 from gpt2lab.errors import TokenizerError
 from gpt2lab.tokenizer import EOT, get_tokenizer
 

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from gpt2lab.errors import ModelNotFoundError, first_line
-from gpt2lab.hf_format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX
-from gpt2lab.run_directory import CHECKPOINTS_DIR, RunDirectory
+from gpt2lab.hf.format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX
+from gpt2lab.storage.run_directory import CHECKPOINTS_DIR, RunDirectory
 
 HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 

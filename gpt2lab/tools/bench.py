@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab import memory
-from gpt2lab.device import autocast, resolve_dtype
+from gpt2lab.runtime import memory
+from gpt2lab.runtime.device import autocast, resolve_dtype
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.gpt_config import GPTConfig
-from gpt2lab.model import GPT
-from gpt2lab.perf import flops_per_token, measure_matmul_peak, peak_flops, sync
+from gpt2lab.model.config import GPTConfig
+from gpt2lab.model.gpt import GPT
+from gpt2lab.runtime.perf import flops_per_token, measure_matmul_peak, peak_flops, sync
 
 BENCH_CONFIGS = {
     "gpt2": GPTConfig.from_preset("gpt2"),
@@ -197,7 +197,7 @@ def _transformers():
 
 def hf_twin(model: GPT):
     """A transformers GPT2LMHeadModel holding exactly `model`'s weights."""
-    from gpt2lab.hf_format import config_to_hf, state_dict_to_hf
+    from gpt2lab.hf.format import config_to_hf, state_dict_to_hf
 
     transformers = _transformers()
     hf_config = transformers.GPT2Config(**config_to_hf(model.config))
@@ -323,7 +323,7 @@ def bench_generate(
 ) -> dict:
     """Sampling (top-k 50) of ours and transformers'; with `recompute`, also the anchors' loop without a KV cache
     (the whole cropped context recomputed for every token), to show what the cache buys."""
-    from gpt2lab.generate import generate, sample_next
+    from gpt2lab.sampling.decode import generate, sample_next
 
     def recompute_loop(model, idx):
         generator = torch.Generator(device=idx.device).manual_seed(0)
@@ -525,6 +525,6 @@ def format_table(report: dict) -> str:
 
 
 def write_json(report: dict, path) -> None:
-    from gpt2lab.atomic import atomic_write_text
+    from gpt2lab.storage.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")

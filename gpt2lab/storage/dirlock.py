@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpt2lab.atomic import reporting_refusals
+from gpt2lab.storage.atomic import reporting_refusals
 from gpt2lab.errors import GPT2LabError
 
 LOCK_FILE = ".gpt2lab.lock"

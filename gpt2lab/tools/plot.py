@@ -10,9 +10,9 @@ import bisect
 import json
 from pathlib import Path
 
-from gpt2lab.atomic import atomic_path, writable_file
+from gpt2lab.storage.atomic import atomic_path, writable_file
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.run_directory import RunDirectory, read_metrics
+from gpt2lab.storage.run_directory import RunDirectory, read_metrics
 
 BASELINE_VAL_LOSS = ("OpenAI GPT-2 124M (FineWeb-Edu val)", 3.2924)
 BASELINE_VAL_CORPUS = "fineweb-edu"  # the val loss baseline is measured on this corpus' val shard

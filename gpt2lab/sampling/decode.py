@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from gpt2lab import cpu_decode
+from gpt2lab.model import cpu_decode
 from gpt2lab.errors import GPT2LabError
 
 
@@ -83,7 +83,7 @@ def unembedding_for_decoding(model):
     The projection is the largest matmul of a decode step (a third of gpt2's weight bytes). Through lm_head, a
     float32 product reads the (vocab, n_embd) embedding row by row, which MKL streams at ~13 GB/s on a 2-core EPYC;
     x @ W with W stored (n_embd, vocab) streams at ~23 GB/s: ~5 ms less per token for gpt2. A bf16 model on a CPU
-    that computes bf16 natively uses oneDNN's packed product instead (gpt2lab.cpu_decode). Either way the copy
+    that computes bf16 natively uses oneDNN's packed product instead (gpt2lab.model.cpu_decode). Either way the copy
     (154 MB for gpt2 in float32, 77 MB in bf16) lives as long as the generation.
     """
     weight = model.lm_head.weight.detach()

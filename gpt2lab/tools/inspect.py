@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab.atomic import atomic_path, writable_directory
+from gpt2lab.storage.atomic import atomic_path, writable_directory
 from gpt2lab.errors import GPT2LabError
 
 FIGURE_SIZE = (8, 6)  # inches; at DPI below every PNG is 800 x 600 pixels

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from gpt2lab.atomic import atomic_path, atomic_write_text
+from gpt2lab.storage.atomic import atomic_path, atomic_write_text
 from gpt2lab.errors import CheckpointError, TokenizerError, UnsupportedConfigError, first_line
-from gpt2lab.gpt_config import GPTConfig
-from gpt2lab.hf_tokenizer_files import GPT2_VOCAB_SIZE, write_tokenizer_files
+from gpt2lab.model.config import GPTConfig
+from gpt2lab.hf.tokenizer_files import GPT2_VOCAB_SIZE, write_tokenizer_files
 
 CONFIG_JSON = "config.json"  # written last: a directory that has it is a complete model
 SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"

@@ -75,7 +75,7 @@ def decoding_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype to load a model in for sampling: `name` (float32, bfloat16, float16), or for `auto` whichever
     decodes faster on `device`. Decoding reads every weight once per token, so half the bytes is faster wherever
     the device has a bf16 product that streams them at full speed: CUDA GPUs with bf16, and CPUs that compute bf16
-    natively through oneDNN's packed product (gpt2lab.cpu_decode; ~1.4-1.7x float32 measured on an AVX512-BF16
+    natively through oneDNN's packed product (gpt2lab.model.cpu_decode; ~1.4-1.7x float32 measured on an AVX512-BF16
     CPU); float32 elsewhere (emulated bf16 is far slower). A fixed rule, not a timing: the same seed gives the
     same text every run on the same machine."""
     if name != "auto":
@@ -83,7 +83,7 @@ def decoding_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        from gpt2lab.cpu_decode import packing_available
+        from gpt2lab.model.cpu_decode import packing_available
 
         return torch.bfloat16 if packing_available() else torch.float32
     return torch.float32

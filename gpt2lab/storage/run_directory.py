@@ -25,10 +25,10 @@ import re
 import shutil
 from pathlib import Path
 
-from gpt2lab.atomic import TMP_PREFIX, atomic_write_text, reporting_refusals
-from gpt2lab.dirlock import DirectoryLock
+from gpt2lab.storage.atomic import TMP_PREFIX, atomic_write_text, reporting_refusals
+from gpt2lab.storage.dirlock import DirectoryLock
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.hf_format import CONFIG_JSON
+from gpt2lab.hf.format import CONFIG_JSON
 
 CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR = "config.toml", "metrics.jsonl", "samples.txt", "checkpoints"
 TENSORBOARD_DIR, WANDB_DIR, WANDB_ID_FILE = "tensorboard", "wandb", "wandb_run_id"

@@ -18,12 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2lab import generate as sampling
-from gpt2lab.cpu_decode import FEW_ROWS, linear_few_rows
+from gpt2lab.sampling import decode as sampling
+from gpt2lab.model.cpu_decode import FEW_ROWS, linear_few_rows
 from gpt2lab.errors import GPT2LabError
-from gpt2lab.gpt_config import GPTConfig
-from gpt2lab.hf_format import read_config, read_state_dict, save_model
-from gpt2lab.model_source import resolve_model_dir
+from gpt2lab.model.config import GPTConfig
+from gpt2lab.hf.format import read_config, read_state_dict, save_model
+from gpt2lab.hf.resolve import resolve_model_dir
 
 
 class ContextLengthError(GPT2LabError, ValueError):
@@ -277,7 +277,7 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, **options) -> torch.Tensor:
         """idx (B, T) -> (B, T + n) token ids: the prompts continued by sampling, with a KV cache.
 
-        options: temperature, top_k, top_p, seed, stop_token, vocab_size (see `gpt2lab.generate.generate_stream`).
+        options: temperature, top_k, top_p, seed, stop_token, vocab_size (see `gpt2lab.sampling.decode.generate_stream`).
         """
         return sampling.generate(self, idx=idx, max_new_tokens=max_new_tokens, **options)
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpt2lab import distributed
+from gpt2lab.runtime import distributed
 from gpt2lab.errors import GPT2LabError
 
 
@@ -152,11 +152,11 @@ def add_eval_command(commands) -> None:
 def run_eval(args) -> int:
     import json
 
-    from gpt2lab.device import resolve_device, resolve_dtype
+    from gpt2lab.runtime.device import resolve_device, resolve_dtype
     from gpt2lab.eval import hellaswag, loss
-    from gpt2lab.model import load_model
+    from gpt2lab.model.gpt import load_model
 
-    # float32 runs without autocast (gpt2lab.device.autocast)
+    # float32 runs without autocast (gpt2lab.runtime.device.autocast)
     device, autocast_dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     # Read the data before the (slower) model load, so a bad file or an offline download fails at once.
     if args.task == "hellaswag":
@@ -205,9 +205,9 @@ def add_inspect_command(commands) -> None:
 
 
 def run_inspect(args) -> int:
-    from gpt2lab.atomic import writable_directory
-    from gpt2lab.model import load_model
-    from gpt2lab.weights_report import format_report, write_plots
+    from gpt2lab.storage.atomic import writable_directory
+    from gpt2lab.model.gpt import load_model
+    from gpt2lab.tools.inspect import format_report, write_plots
 
     if args.plots:  # an unusable --plots fails now, not after the model load and the report
         writable_directory(args.plots)
@@ -280,12 +280,12 @@ def run_sample(args) -> int:
 
     import torch
 
-    from gpt2lab import memory
-    from gpt2lab.device import decoding_dtype, resolve_device
-    from gpt2lab.generate import check_sampling_settings, generate, generate_stream, sample_seed
-    from gpt2lab.hf_format import read_config
-    from gpt2lab.model import load_model
-    from gpt2lab.model_source import resolve_model_dir
+    from gpt2lab.runtime import memory
+    from gpt2lab.runtime.device import decoding_dtype, resolve_device
+    from gpt2lab.sampling.decode import check_sampling_settings, generate, generate_stream, sample_seed
+    from gpt2lab.hf.format import read_config
+    from gpt2lab.model.gpt import load_model
+    from gpt2lab.hf.resolve import resolve_model_dir
     from gpt2lab.tokenizer import get_tokenizer
 
     # Everything that can be checked without the model first: a typo should not cost a model load.
@@ -453,7 +453,7 @@ def add_train_command(commands) -> None:
 
 
 def run_train(args) -> int:
-    from gpt2lab.run_directory import RunDirectory
+    from gpt2lab.storage.run_directory import RunDirectory
     from gpt2lab.train.config import command_line_overrides, read_run_config, resolve_config, to_toml
     from gpt2lab.train.trainer import train
 
@@ -523,7 +523,7 @@ def add_plot_command(commands) -> None:
 
 
 def run_plot(args) -> int:
-    from gpt2lab.plot import plot_runs
+    from gpt2lab.tools.plot import plot_runs
 
     out = args.out or str(Path(args.runs[0]) / "loss.png")
     path = plot_runs(args.runs, out, baselines=not args.no_baselines, x=args.x, train=not args.val_only)
@@ -579,9 +579,10 @@ def add_bench_command(commands) -> None:
 
 
 def run_bench(args) -> int:
-    from gpt2lab import bench, memory
-    from gpt2lab.atomic import writable_file
-    from gpt2lab.device import keep_freed_memory, native_dtypes, resolve_device
+    from gpt2lab.tools import bench
+    from gpt2lab.runtime import memory
+    from gpt2lab.storage.atomic import writable_file
+    from gpt2lab.runtime.device import keep_freed_memory, native_dtypes, resolve_device
 
     for flag in ("batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats", "clients"):
         if getattr(args, flag) < 1:
