@@ -9,6 +9,21 @@ class GPT2LabError(Exception):
     """A problem with the user's input: the message names it and says how to fix it."""
 
 
+class BadValue(GPT2LabError, ValueError):
+    """A value that cannot be used, named as the library knows it (`param`: `batch_size`, `data.seq_len`).
+
+    The library cannot know how the user gave it: the CLI shows `param` as its flag (`--batch-size`), a training
+    config key stays the key. `str(error)` is "PARAM PROBLEM"; `error.named(name)` is the same sentence naming it
+    otherwise."""
+
+    def __init__(self, param: str, problem: str):
+        super().__init__(f"{param} {problem}")
+        self.param, self.problem = param, problem
+
+    def named(self, name: str) -> str:
+        return f"{name} {self.problem}"
+
+
 class ModelNotFoundError(GPT2LabError, FileNotFoundError):
     """A model source that is neither a usable local directory nor a reachable hub repository."""
 

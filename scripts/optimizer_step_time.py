@@ -7,14 +7,16 @@ one process (10 steps each, six times) on the same random batch, after 3 warm-up
 
 import json
 import statistics
-import time
 
 import torch
 
-from gpt2lab.runtime.device import keep_freed_memory
 from gpt2lab.model.gpt import GPT
+from gpt2lab.runtime.device import autocast_dtype, keep_freed_memory
+from gpt2lab.runtime.perf import time_calls
 from gpt2lab.train.config import resolve_config
 from gpt2lab.train.optim import make_optimizer
+from gpt2lab.train.parallel import ParallelModel
+from gpt2lab.train.step import TrainStep, repeat
 
 ROUNDS, STEPS, WARMUP = 6, 10, 3
 
@@ -30,35 +32,27 @@ def main() -> None:
                 step()
         for _ in range(ROUNDS):
             for name, step in steps.items():
-                start = time.perf_counter()
-                for _ in range(STEPS):
-                    step()
-                times[name].append((time.perf_counter() - start) / STEPS * 1e3)
+                times[name].append(statistics.mean(time_calls(step, "cpu", STEPS)) * 1e3)
         median = {name: statistics.median(t) for name, t in times.items()}
         results[precision] = {"ms_per_step": median, "muon_over_adamw": median["muon"] / median["adamw"]}
     print(json.dumps(results, indent=1))
 
 
 def training_step(optimizer_name: str, precision: str):
-    """One step of the demo preset's model with this optimizer (the preset's settings for it)."""
-    overrides = [("optim.name", optimizer_name)]
+    """One step of the demo preset's model with this optimizer (the preset's settings for it): the trainer's own
+    step (train/step.py), on one random batch."""
+    overrides = [("optim.name", optimizer_name), ("runtime.precision", precision)]
     if optimizer_name == "adamw":
         overrides += [("optim.lr", "1e-3"), ("optim.min_lr", "1e-4")]  # the sweep's best AdamW
     config = resolve_config("shakespeare-cpu", overrides=overrides)
     torch.manual_seed(0)
     model = GPT(config.model.gpt_config()).train()
-    optimizer = make_optimizer(model, config.optim, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    step = TrainStep(ParallelModel(model), make_optimizer(model, config.optim, cpu), device=cpu,
+                     amp_dtype=autocast_dtype(precision, cpu), grad_clip=config.optim.grad_clip)
     tokens = torch.randint(0, 50257, (config.data.batch_size, config.data.seq_len + 1))
-    x, y = tokens[:, :-1], tokens[:, 1:]
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    batch = (tokens[:, :-1], tokens[:, 1:])
+    return lambda: step(0, repeat(batch))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def test_bench_train(tmp_path, capsys):
 def test_step_matmuls_are_the_products_of_a_training_step():
     """Their FLOPs are exactly a step's: 3 products (forward, input and weight gradients) of 2 x tokens x each
     projection's weights (head included), and attention's 6 products of 2 x B x T x T x C per layer."""
-    from gpt2lab.tools.bench import BENCH_CONFIGS, step_matmul_shapes
+    from gpt2lab.tools.bench import BENCH_CONFIGS
+    from gpt2lab.tools.bench.train import step_matmul_shapes
     from gpt2lab.model.gpt import GPT
 
     config, B, T = BENCH_CONFIGS["tiny"], 3, 16
@@ -102,7 +103,7 @@ def test_bench_prepare(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--model", "tiny", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["train", "--model", "tiny", "--seq-len", "4096"], "longer than the tiny context"),
+    (["train", "--model", "tiny", "--seq-len", "4096"], "--seq-len (4096) is longer than the model's context of 128 tokens"),
     (["generate", "--dtypes", "float8"], "unknown dtype 'float8'"),
     (["train", "--device", "tpu"], "unknown device 'tpu'"),
 ])
@@ -113,9 +114,9 @@ def test_bench_bad_input(capsys, args, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--model", "tiny", "--batch-size", "2", "--seq-len", "32"], "--batch-size 2 with --seq-len 32 would need ~"),
+    (["train", "--model", "tiny", "--batch-size", "2", "--seq-len", "32"], "--batch-size 2 (x 32 tokens) would need ~"),
     (["generate", "--model", "tiny", "--batch-sizes", "1,4", "--new-tokens", "8"],
-     "--batch-sizes 4 with --new-tokens 8 would need ~"),
+     "--batch-sizes 4 (x 8 new tokens) would need ~"),
     (["prepare", "--text-repeat", "1"], "--text-repeat 1 would need ~"),
 ], ids=["train", "generate", "prepare"])
 def test_bench_refuses_sizes_beyond_the_memory_available(capsys, monkeypatch, args, message):

@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
-from gpt2lab.cli import DEFAULT_PROMPT, main, print_stream, read_prompt
+from gpt2lab.cli import main
+from gpt2lab.cli.sample import DEFAULT_PROMPT, read_prompt
+from gpt2lab.sampling.texts import stream_sample, write_text
 from gpt2lab.tokenizer import get_tokenizer
 from tests.conftest import run_cli
 
@@ -56,7 +58,7 @@ def samples(out):
 
 
 def test_many_samples_come_in_bounded_batches_each_printed_when_done(tiny_model_dir, monkeypatch):
-    import gpt2lab.sampling.decode
+    import gpt2lab.sampling.texts
 
     class Pipe(io.StringIO):
         """Standard output into a pipe: what a reader sees is what was flushed."""
@@ -66,14 +68,14 @@ def test_many_samples_come_in_bounded_batches_each_printed_when_done(tiny_model_
             self.flushed = self.getvalue()
 
     shown_before_each_batch, rows = [], []
-    real_generate = gpt2lab.sampling.decode.generate
+    real_generate = gpt2lab.sampling.texts.generate
 
     def spy(model, idx, *args, **kwargs):
         shown_before_each_batch.append(len(samples(sys.stdout.flushed)))
         rows.append(idx.size(0))
         return real_generate(model, idx, *args, **kwargs)
 
-    monkeypatch.setattr(gpt2lab.sampling.decode, "generate", spy)
+    monkeypatch.setattr(gpt2lab.sampling.texts, "generate", spy)
     monkeypatch.setattr(sys, "stdout", Pipe())
     code = main(["sample", str(tiny_model_dir), "--num-samples", "20", "--batch-size", "8", "--max-new-tokens", "3"])
     assert code == 0 and len(samples(sys.stdout.getvalue())) == 20
@@ -145,8 +147,8 @@ def test_streaming_prints_only_whole_characters():
         def flush(self):
             pass
 
-    count = print_stream(iter(tokens + [tokenizer.eot_token, 11]), tokenizer, Recorder())
-    assert count == len(tokens)  # stopped at <|endoftext|>
+    count = write_text(iter(tokens), tokenizer, Recorder())
+    assert count == len(tokens)
     assert "".join(pieces) == text + "\n"
     assert not any("\ufffd" in p for p in pieces)
     singles = [tokenizer.decode_bytes([t]) for t in tokens]
@@ -154,13 +156,14 @@ def test_streaming_prints_only_whole_characters():
 
 
 BAD_INPUT = [
-    (["--max-new-tokens", "0"], "max_new_tokens"),
-    (["--max-new-tokens", "-5"], "max_new_tokens"),
-    (["--top-k", "0"], "top_k"),
-    (["--top-k", "-1"], "top_k"),
-    (["--top-p", "0"], "top_p"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--temperature", "-1"], "temperature"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens must"),
+    (["--top-k", "0"], "--top-k must"),
+    (["--top-k", "-1"], "--top-k must"),
+    (["--top-p", "0"], "--top-p must"),
+    (["--top-p", "1.5"], "--top-p must"),
+    (["--temperature", "-1"], "--temperature must"),
+    (["--temperature", "1e-300"], "--temperature must be 0 (greedy) or at least"),
     (["--num-samples", "0"], "num-samples"),
     (["--batch-size", "0"], "batch-size"),
     (["--device", "tpu"], "unknown device"),
@@ -199,5 +202,5 @@ def test_model_without_gpt2_vocabulary_is_refused(tmp_path, capsys):
 def test_bad_input_in_a_real_subprocess(tiny_model_dir):
     result = run_cli("sample", tiny_model_dir, "--top-p", "2", env=ONE_THREAD)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "top_p" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "--top-p must" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""

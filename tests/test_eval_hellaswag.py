@@ -259,7 +259,7 @@ def test_bad_input_in_the_library_names_file_and_line(tmp_path):
         hellaswag.load_examples(_bad(tmp_path, [{**GOOD[0], "endings": GOOD[0]["endings"] + ["x"]}]))
     with pytest.raises(GPT2LabError, match="label must be"):
         hellaswag.load_examples(_bad(tmp_path, [{**GOOD[0], "label": -1}]))
-    with pytest.raises(GPT2LabError, match="--limit"):
+    with pytest.raises(GPT2LabError, match="limit must be"):
         hellaswag.load_examples(_bad(tmp_path, GOOD), limit=0)
 
 
@@ -273,7 +273,7 @@ def test_offline_without_data_says_how_to_get_the_file(tmp_path):
     offline = {"GPT2LAB_CACHE": str(tmp_path / "cache"), "https_proxy": "http://127.0.0.1:9",
                "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": "", **ONE_THREAD}
     proc = run_cli("eval", "gpt2", "--task", "hellaswag", env=offline)
-    _assert_one_line_error(proc, "cannot download HellaSwag", hellaswag.VAL_URL, "--data")
+    _assert_one_line_error(proc, "HellaSwag cannot be downloaded", hellaswag.VAL_URL, "--data")
     assert not (tmp_path / "cache" / "hellaswag_val.jsonl").exists()
 
 

@@ -114,9 +114,9 @@ def test_streams_are_scored_separately_and_max_tokens_cuts(tmp_path):
 def test_bad_arguments_are_user_errors(tmp_path):
     stub = BigramStub()
     tokens = np.arange(50) % 101
-    with pytest.raises(GPT2LabError, match="--stride"):
+    with pytest.raises(GPT2LabError, match="stride must be"):
         loss.evaluate_loss(stub, tokens, stride=17)
-    with pytest.raises(GPT2LabError, match="--seq-len"):
+    with pytest.raises(GPT2LabError, match="seq_len must be"):
         loss.evaluate_loss(stub, tokens, seq_len=17)
     with pytest.raises(GPT2LabError, match="at least 2 tokens"):
         loss.evaluate_loss(stub, np.array([3]))
@@ -197,7 +197,7 @@ def test_ranks_share_the_windows_without_overlap(monkeypatch):
     full = loss.evaluate_loss(stub, tokens, stride=5, batch_size=2)
     parts = []
     for rank in (0, 1):
-        monkeypatch.setattr(loss, "rank_and_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(loss.distributed, "rank_and_world", lambda rank=rank: (rank, 2))
         parts.append(loss.evaluate_loss(stub, tokens, stride=5, batch_size=2))
     assert sum(p.tokens for p in parts) == full.tokens == 149 and min(p.tokens for p in parts) > 0
     assert sum(p.loss * p.tokens for p in parts) / full.tokens == pytest.approx(full.loss, rel=1e-6)

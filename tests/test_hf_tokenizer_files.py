@@ -71,7 +71,7 @@ def test_hf_pipeline_runs_from_the_checkpoint(saved):
 
 def test_trainer_checkpoint_has_the_files(tmp_path):
     model = tiny_gpt(vocab_size=50304, block_size=32)
-    path = save_checkpoint(RunDirectory(tmp_path), 7, model, {"note": "state"}, keep=2)
+    path = save_checkpoint(RunDirectory(tmp_path), model, {"step": 7, "note": "state"}, keep=2)
     assert sorted(p.name for p in path.iterdir()) == sorted([*MODEL_FILES, *TOKENIZER_FILES, "training_state.pt"])
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000007"]  # no temporaries left
     assert json.loads((path / "tokenizer_config.json").read_text())["model_max_length"] == 32

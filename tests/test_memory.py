@@ -7,37 +7,51 @@ import pytest
 
 from conftest import REPO
 from gpt2lab.runtime import memory
-from gpt2lab.model.gpt import GPTConfig
+from gpt2lab.model.config import GPTConfig
 
 GPT2 = GPTConfig.from_preset("gpt2")
 
 
-def test_estimate_is_somewhat_below_measured_peaks_of_gpt2():
-    # Measured on the 2-core development VM (CPU, float32, VmHWM above the resident weights and AdamW state):
-    # one training step on 4 x 256 tokens peaked 1.23 GB higher; a forward pass with the loss on all of
-    # 4 x 256 positions (an evaluation batch) 0.41 GB higher. The estimate errs on the side of allowing.
-    assert 0.5 * 1.23e9 < memory.forward_bytes(GPT2, 4, 256, training=True) < 1.23e9
-    assert 0.5 * 0.41e9 < memory.forward_bytes(GPT2, 4, 256) < 0.41e9
+def test_the_inference_guard_is_somewhat_below_a_measured_peak_of_gpt2():
+    # Measured on the 2-core development VM (CPU, float32, VmHWM above the resident weights): a forward pass with
+    # the loss on all of 4 x 256 positions (an evaluation batch) peaked 0.41 GB higher. The guard errs on the side
+    # of allowing.
+    assert 0.5 * 0.41e9 < memory.inference_bytes(GPT2, 4, 256) < 0.41e9
 
 
 def test_the_reported_sampling_typo_is_far_beyond_a_24_gib_machine_and_the_default_batch_is_small():
     # `--num-samples 100000 --max-new-tokens 2` used to be one batch of 100,000 rows (an 8-token prompt)
-    assert memory.forward_bytes(GPT2, 100_000, 8, scored=1, cached=10) > 2 * 24 * memory.GIB
-    assert memory.forward_bytes(GPT2, 8, 8, scored=1, cached=10) < 0.01 * memory.GIB
+    assert memory.inference_bytes(GPT2, 100_000, 8, scored=1, cached=10) > 2 * 24 * memory.GIB
+    assert memory.inference_bytes(GPT2, 8, 8, scored=1, cached=10) < 0.01 * memory.GIB
 
 
-def test_check_fits_refuses_in_one_line_naming_the_number_and_the_fix(monkeypatch):
+def test_the_training_estimate_counts_the_optimizer_state_once_per_formula():
+    params, muon = 1_000_000, 400_000
+    assert memory.optimizer_state_bytes(params) == 8 * params  # AdamW: two moments
+    assert memory.optimizer_state_bytes(params, muon) == 8 * (params - muon) + 4 * muon  # Muon: one buffer
+    estimate = memory.estimate_training(GPT2, 1, 8, params=params, cast_params=params, muon_params=muon)
+    assert estimate.optimizer == memory.optimizer_state_bytes(params, muon)
+
+
+def test_check_fits_refuses_in_one_line_naming_the_parameter_its_value_and_the_fix(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 3 * memory.GIB)
-    memory.check_fits("--batch-size 8", 3 * memory.GIB, "cpu")  # just fits: no error
-    with pytest.raises(memory.MemoryLimitError, match="--batch-size 9 would need ~3.0 GiB"):
-        memory.check_fits("--batch-size 9", 3 * memory.GIB + 1, "cpu")
+    memory.check_fits("batch_size", 8, 3 * memory.GIB, "cpu")  # just fits: no error
+    with pytest.raises(memory.MemoryLimitError, match="batch_size 9 would need ~3.00 GiB"):
+        memory.check_fits("batch_size", 9, 3 * memory.GIB + 1, "cpu")
     with pytest.raises(memory.MemoryLimitError) as refused:
-        memory.check_fits("--batch-size 100000", 40 * memory.GIB, "cpu")
-    message = str(refused.value)
-    assert message == ("--batch-size 100000 would need ~40.0 GiB for one forward pass, more than the 3.0 GiB "
-                       "available; lower it")
+        memory.check_fits("batch_size", 100000, 40 * memory.GIB, "cpu")
+    assert str(refused.value) == ("batch_size 100000 would need ~40.0 GiB for one forward pass, more than the "
+                                  "3.00 GiB available; lower it")
+    assert refused.value.named("--batch-size").startswith("--batch-size 100000 would need")  # as the CLI says it
     monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: never refuse
-    memory.check_fits("--batch-size 100000", 40 * memory.GIB, "cpu")
+    memory.check_fits("batch_size", 100000, 40 * memory.GIB, "cpu")
+
+
+def test_sizes_are_written_one_way():
+    assert memory.format_bytes(300 * 2**20) == "300 MiB"
+    assert memory.format_bytes(3 * memory.GIB) == "3.00 GiB"
+    assert memory.format_bytes(40 * memory.GIB) == "40.0 GiB"
+    assert memory.format_bytes(None) == "unknown"
 
 
 def test_available_memory_of_a_cpu_is_memavailable(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gpt2lab import GPT, GPTConfig
-from gpt2lab.model.gpt import ContextLengthError
+from gpt2lab.model.config import ContextLengthError
 from tests.conftest import ODD, tiny_gpt
 
 

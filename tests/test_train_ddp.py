@@ -83,7 +83,9 @@ def test_gradients_are_all_reduced_only_on_the_last_micro_step(tmp_path):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from gpt2lab.model.gpt import GPT, GPTConfig
-    from gpt2lab.train.trainer import train_step
+    from gpt2lab.runtime.distributed import DistContext
+    from gpt2lab.train.parallel import ParallelModel
+    from train_utils import forward_backward
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
@@ -105,7 +107,9 @@ def test_gradients_are_all_reduced_only_on_the_last_micro_step(tmp_path):
                 current["micro_step"] = micro_step
                 yield x[2 * micro_step: 2 * micro_step + 2], y[2 * micro_step: 2 * micro_step + 2]
 
-        train_step(model, batches(), 4, None, None, torch.device("cpu"), ddp=True)
+        parallel = ParallelModel(model.module, DistContext())
+        parallel.module = model  # one rank: the trainer would not wrap it, the test does to count the syncs
+        forward_backward(model.module, batches(), 4, parallel=parallel)
         assert synced_at and set(synced_at) == {3}  # the last micro-step only (once per gradient bucket)
         assert all(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters())
     finally:

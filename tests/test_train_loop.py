@@ -3,7 +3,7 @@ the optimizer steps with, clipping bounds the gradient the optimizer sees, the l
 computed, the global RNG continues across a resume, only the newest K checkpoints are kept, bf16/fp16 autocast and
 runtime.compile take effect, and the console shows a line per step (and a bar on a terminal).
 
-Each test observes the optimizer through its public step hooks and the micro-steps by wrapping `train_step`: no
+Each test observes the optimizer through its public step hooks and the micro-steps by wrapping `TrainStep.forward_backward`: no
 seam in the trainer, so a feature computed and logged but not applied fails here.
 """
 
@@ -19,11 +19,12 @@ from gpt2lab.model.gpt import GPT, GPTConfig, load_model
 from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train import trainer as trainer_module
 from gpt2lab.train import train
-from gpt2lab.train.optim import lr_at
+from gpt2lab.train.schedule import lr_at
+from gpt2lab.train.step import TrainStep
 from train_utils import tiny_config, write_dataset
 
 
-REAL_TRAIN_STEP = trainer_module.train_step
+REAL_FORWARD_BACKWARD = TrainStep.forward_backward
 
 
 def quiet(line):
@@ -64,18 +65,19 @@ class OptimizerSpy:
 
 
 def spy_micro_steps(monkeypatch, before_step=None):
-    """Wrap trainer.train_step; returns the list of gradient norms right after each step's backward passes."""
+    """Wrap TrainStep.forward_backward; returns the list of gradient norms right after each step's backward
+    passes."""
     norms = []
-    real = REAL_TRAIN_STEP
+    real = REAL_FORWARD_BACKWARD
 
-    def train_step(model, *args, **kwargs):
+    def forward_backward(step, batches):
         if before_step is not None:
             before_step(len(norms))
-        loss = real(model, *args, **kwargs)
-        norms.append(grad_norm(model.parameters()))
+        loss = real(step, batches)
+        norms.append(grad_norm(step.model.parameters()))
         return loss
 
-    monkeypatch.setattr(trainer_module, "train_step", train_step)
+    monkeypatch.setattr(TrainStep, "forward_backward", forward_backward)
     return norms
 
 
@@ -256,16 +258,16 @@ def test_autocast_precisions_run_the_forward_in_that_dtype_and_fp16_unscales(tmp
 
     def run(precision):
         logits_dtypes = seen.setdefault(precision, set())
-        real = REAL_TRAIN_STEP
+        real = REAL_FORWARD_BACKWARD
 
-        def train_step(model, *args, **kwargs):
-            handle = model.lm_head.register_forward_hook(lambda m, i, out: logits_dtypes.add(out.dtype))
+        def forward_backward(step, batches):
+            handle = step.model.raw.lm_head.register_forward_hook(lambda m, i, out: logits_dtypes.add(out.dtype))
             try:
-                return real(model, *args, **kwargs)
+                return real(step, batches)
             finally:
                 handle.remove()
 
-        monkeypatch.setattr(trainer_module, "train_step", train_step)
+        monkeypatch.setattr(TrainStep, "forward_backward", forward_backward)
         run_dir = tmp_path / precision
         train(tiny_config(data, schedule__max_steps=3, runtime__precision=precision), run_dir, log=quiet)
         state = torch.load(run_dir / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
@@ -345,15 +347,15 @@ def test_console_line_per_step_and_a_progress_bar_on_a_terminal(tmp_path, monkey
 
 
 def test_mfu_is_achieved_over_peak_flops_of_all_gpus(monkeypatch):
-    from gpt2lab.runtime import perf
+    from gpt2lab.runtime import hardware, perf
     from gpt2lab.train import metrics as metrics_module
 
     assert perf.flops_per_token(124_000_000, 12, 768, 1024) == 6 * 124_000_000 + 6 * 12 * 768 * 1024
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
-    assert perf.peak_flops(torch.device("cuda")) == 989e12
-    assert perf.peak_flops(torch.device("cpu")) is None  # no MFU on CPUs
+    assert hardware.peak_flops(torch.device("cuda")) == 989e12
+    assert hardware.peak_flops(torch.device("cpu")) is None  # no MFU on CPUs
     times = iter([10.0, 10.5])  # a step of half a second
-    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: next(times))
+    monkeypatch.setattr(perf.time, "perf_counter", lambda: next(times))
     timer = metrics_module.StepTimer(torch.device("cpu"), flops_per_token=1e9, peak=100e12, world_size=8)
     timer.start()
     timing = timer.stop(tokens=524_288)

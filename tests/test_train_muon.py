@@ -14,10 +14,11 @@ from gpt2lab.model.gpt import GPT, GPTConfig, load_model
 from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train import train
 from gpt2lab.train import muon as muon_module
-from gpt2lab.train import trainer as trainer_module
+from gpt2lab.train.step import TrainStep
 from gpt2lab.train.config import ConfigError, OptimSection, ScheduleSection, resolve_config
 from gpt2lab.train.muon import CombinedOptimizer, Muon, newton_schulz, orthogonalised_update
-from gpt2lab.train.optim import describe_optimizer, lr_at, make_optimizer, muon_parameter_names, set_lr
+from gpt2lab.train.optim import describe_optimizer, make_optimizer, muon_parameter_names
+from gpt2lab.train.schedule import lr_at, set_lr
 from train_utils import cli_flags, losses, tiny_config, write_dataset
 
 TINY_GPT = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128)
@@ -190,7 +191,7 @@ def test_muon_run_resumes_bit_identically(tmp_path, monkeypatch):
     data = write_dataset(tmp_path / "data")
     config = tiny_config(data, optim__name="muon", schedule__name="wsd", schedule__max_steps=8, checkpoint__every=4)
     train(config, tmp_path / "straight", log=quiet)
-    real = trainer_module.train_step
+    real = TrainStep.forward_backward
     count = []
 
     def crash_at_step_7(*args, **kwargs):
@@ -199,10 +200,10 @@ def test_muon_run_resumes_bit_identically(tmp_path, monkeypatch):
             raise Crash
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "train_step", crash_at_step_7)
+    monkeypatch.setattr(TrainStep, "forward_backward", crash_at_step_7)
     with pytest.raises(Crash):
         train(config, tmp_path / "killed", log=quiet)
-    monkeypatch.setattr(trainer_module, "train_step", real)
+    monkeypatch.setattr(TrainStep, "forward_backward", real)
     assert [step for step, _ in RunDirectory(tmp_path / "killed").checkpoints()] == [4]
     state = torch.load(tmp_path / "killed/checkpoints/step_00000004/training_state.pt", weights_only=True)
     assert len(state["optimizer"]["muon"]["state"]) == 8  # the momentum buffers are saved

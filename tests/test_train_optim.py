@@ -9,9 +9,10 @@ import torch
 from gpt2lab.model.gpt import GPT, GPTConfig
 from gpt2lab.train import train
 from gpt2lab.train.config import OptimSection, ScheduleSection
-from gpt2lab.train.optim import lr_at, make_optimizer, param_groups
-from gpt2lab.train.trainer import grad_accum_steps, train_step
-from train_utils import losses, tiny_config, write_dataset
+from gpt2lab.train.batch import grad_accum_steps
+from gpt2lab.train.optim import make_optimizer, param_groups
+from gpt2lab.train.schedule import lr_at
+from train_utils import forward_backward, losses, tiny_config, write_dataset
 
 TINY_GPT = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128)
 
@@ -57,7 +58,7 @@ def test_grad_accumulation_of_4_equals_one_4x_batch():
     def gradients(batches, grad_accum):
         torch.manual_seed(1)
         model = GPT(GPTConfig(**TINY_GPT))
-        loss = train_step(model, iter(batches), grad_accum, None, None, torch.device("cpu"), ddp=False)
+        loss = forward_backward(model, batches, grad_accum)
         return loss, {name: p.grad.clone() for name, p in model.named_parameters()}
 
     loss_big, grads_big = gradients([(x, y)], 1)
@@ -87,7 +88,7 @@ def test_a_single_batch_can_be_overfit():
     first = None
     for _ in range(80):
         optimizer.zero_grad()
-        loss = train_step(model, iter([(x, y)]), 1, None, None, torch.device("cpu"), ddp=False)
+        loss = forward_backward(model, [(x, y)])
         first = first if first is not None else float(loss)
         optimizer.step()
     assert first > 4.0 and float(loss) < 0.1

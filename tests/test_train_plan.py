@@ -14,7 +14,8 @@ from gpt2lab import GPT
 from gpt2lab.runtime import memory
 from gpt2lab.runtime import perf
 from gpt2lab.data import TokenLoader
-from gpt2lab.train import plan
+from gpt2lab.runtime import hardware
+from gpt2lab.train import batch, plan
 from gpt2lab.train.config import ConfigError, resolve_config
 from test_train_cli import one_line_error, run_main
 from train_utils import cli_flags, losses, write_dataset
@@ -126,10 +127,10 @@ def test_plan_for_gpus_this_machine_does_not_have(capsys):
                         "--data.batch_size", "auto")
     assert auto["batch_size_auto"] and auto["fits"] is True and auto["batch_size"] < 64
     assert auto["batch_size"] * 1024 * auto["grad_accum"] == 524_288  # the step's tokens are unchanged
-    assert auto["memory_per_device_bytes"] <= plan.GPU_USABLE * perf.GPUS["rtx4090"].memory_bytes
+    assert auto["memory_per_device_bytes"] <= batch.GPU_USABLE * hardware.GPUS["rtx4090"].memory_bytes
     bigger = dry_run_json(capsys, "--preset", "gpt2-124m-fineweb-edu", "--plan-device", "rtx4090",
                           "--data.batch_size", str(auto["batch_size"] * 2))
-    assert bigger["memory_per_device_bytes"] > plan.GPU_USABLE * perf.GPUS["rtx4090"].memory_bytes  # the largest
+    assert bigger["memory_per_device_bytes"] > batch.GPU_USABLE * hardware.GPUS["rtx4090"].memory_bytes  # the largest
 
 
 def test_gpu_names_match_the_right_specs():
@@ -137,8 +138,8 @@ def test_gpu_names_match_the_right_specs():
              "NVIDIA A100-SXM4-40GB": "a100-40gb", "NVIDIA A10": "a10", "NVIDIA L4": "l4", "NVIDIA L40S": "l40s",
              "NVIDIA GeForce RTX 4090": "rtx4090", "NVIDIA H200": "h200"}
     for name, key in names.items():
-        assert perf.gpu_spec(name) is perf.GPUS[key], name
-    assert perf.gpu_spec("NVIDIA A10G") is None and perf.gpu_spec("Tesla T4") is None
+        assert hardware.gpu_spec(name) is hardware.GPUS[key], name
+    assert hardware.gpu_spec("NVIDIA A10G") is None and hardware.gpu_spec("Tesla T4") is None
 
 
 # ---------------------------------------------------------------------------------------------- the estimate
@@ -146,14 +147,14 @@ def test_gpu_names_match_the_right_specs():
 
 def test_the_memory_terms_follow_the_optimizer_precision_accumulation_and_processes():
     arch = resolve_config("shakespeare-cpu").model.gpt_config()
-    counts = plan.parameter_counts(arch, "muon")
+    counts = batch.parameter_counts(arch, "muon")
     assert 0 < counts.muon < counts.cast < counts.total == GPT(arch).num_parameters()
     assert counts.muon == 6 * 12 * 128 * 128  # the blocks' four matrices: 3C^2 + C^2 + 4C^2 + 4C^2 per layer
 
     def step(**changes):
         kwargs = dict(params=counts.total, cast_params=counts.cast, muon_params=0, amp_bytes=None, grad_accum=1,
                       world_size=1)
-        return memory.training_step(arch, 8, 128, **{**kwargs, **changes})
+        return memory.estimate_training(arch, 8, 128, **{**kwargs, **changes})
 
     adamw, muon = step(), step(muon_params=counts.muon)
     assert adamw.optimizer - muon.optimizer == 4 * counts.muon  # Muon: one momentum buffer; AdamW: two moments
@@ -162,7 +163,7 @@ def test_the_memory_terms_follow_the_optimizer_precision_accumulation_and_proces
     assert bf16.autocast_weights == 2 * counts.cast and adamw.autocast_weights == 0
     assert bf16.activations < adamw.activations and bf16.logits == adamw.logits  # the loss stays float32
     assert step(world_size=8).ddp_buckets == 4 * counts.total and adamw.ddp_buckets == 0
-    assert step().total < memory.training_step(arch, 16, 128, params=counts.total, cast_params=counts.cast).total
+    assert step().total < memory.estimate_training(arch, 16, 128, params=counts.total, cast_params=counts.cast).total
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -235,15 +236,16 @@ def budget_between(monkeypatch, fits: int, too_big: int, overrides):
     """Make this CPU's memory such that micro-batch `fits` is the largest that fits and `too_big` does not (with a
     fixed runtime, so that the test does not depend on pytest's own memory)."""
     runtime = 300 * 2**20
+    monkeypatch.setattr(batch, "runtime_bytes", lambda device, optimizer: runtime)
     monkeypatch.setattr(plan, "runtime_bytes", lambda device, optimizer: runtime)
     config = resolve_config(overrides=overrides)
-    counts = plan.parameter_counts(config.model.gpt_config(), "adamw")
-    device = plan.device_spec(torch.device("cpu"), None)
-    model = plan.MemoryModel(config.model.gpt_config(), counts, device, 1, runtime - 4 * counts.total)
+    counts = batch.parameter_counts(config.model.gpt_config(), "adamw")
+    device = hardware.device_spec(torch.device("cpu"), None)
+    step_memory = batch.StepMemory(config.model.gpt_config(), counts, device, 1, runtime - 4 * counts.total)
     T, total = config.data.seq_len, config.data.total_batch_tokens
-    low, high = (model.estimate(b, T, total // (b * T)).total for b in (fits, too_big))
+    low, high = (step_memory.estimate(b, T, total // (b * T)).total for b in (fits, too_big))
     assert low < high
-    monkeypatch.setattr(plan, "cpu_memory_for_one_process", lambda: int((low + high) / 2 / plan.CPU_USABLE))
+    monkeypatch.setattr(hardware, "cpu_memory_for_one_process", lambda: int((low + high) / 2 / batch.CPU_USABLE))
 
 
 def test_auto_picks_the_largest_batch_that_fits_saves_it_and_resume_keeps_it(tmp_path, capsys, monkeypatch):
@@ -253,8 +255,8 @@ def test_auto_picks_the_largest_batch_that_fits_saves_it_and_resume_keeps_it(tmp
                       checkpoint__every=2)
     budget_between(monkeypatch, 2, 4, overrides_of(flags))
     trial_sizes = []
-    real_trial = plan._trial_step
-    monkeypatch.setattr(plan, "_trial_step", lambda net, b, *rest: (trial_sizes.append(b), real_trial(net, b, *rest)))
+    real_trial = batch._trial_step
+    monkeypatch.setattr(batch, "_trial_step", lambda net, b, *rest: (trial_sizes.append(b), real_trial(net, b, *rest)))
     result = run_main(capsys, "train", "--out", run, *flags)
     assert result.returncode == 0, result.stderr
     assert "data.batch_size auto: 2 (4 micro-step(s) per step of 128 tokens" in result.stdout
@@ -266,7 +268,7 @@ def test_auto_picks_the_largest_batch_that_fits_saves_it_and_resume_keeps_it(tmp
     # checkpoint, step 3 again, on the same chunks (another micro-batch size cuts the data differently)
     first = losses(run)
     shutil.rmtree(run / "checkpoints" / "step_00000003")
-    monkeypatch.setattr(plan, "cpu_memory_for_one_process", lambda: 100 * 2**30)
+    monkeypatch.setattr(hardware, "cpu_memory_for_one_process", lambda: 100 * 2**30)
     resumed = run_main(capsys, "train", "--out", run, "--resume", *flags)
     assert resumed.returncode == 0, resumed.stderr
     assert "data.batch_size auto: 2, as the run chose when it started" in resumed.stdout
@@ -277,7 +279,7 @@ def test_auto_picks_the_largest_batch_that_fits_saves_it_and_resume_keeps_it(tmp
 
 def test_auto_on_a_cpu_too_small_for_one_sequence_is_one_line(tmp_path, capsys, monkeypatch):
     data = write_dataset(tmp_path / "data")
-    monkeypatch.setattr(plan, "cpu_memory_for_one_process", lambda: 200 * 2**20)
+    monkeypatch.setattr(hardware, "cpu_memory_for_one_process", lambda: 200 * 2**20)
     result = run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(data, data__batch_size="auto"))
     one_line_error(result, "even data.batch_size 1 would need ~", "lower data.seq_len")
     assert not (tmp_path / "r").exists()
@@ -294,12 +296,12 @@ def test_auto_backs_off_when_a_gpu_runs_out_of_memory(monkeypatch):
         if batch_size > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ...")
 
-    monkeypatch.setattr(plan, "_trial_step", trial)
-    assert plan.confirm_batch_size(net, [8, 4, 2, 1], 16, torch.device("cpu"), None, 0, log=said.append) == 2
+    monkeypatch.setattr(batch, "_trial_step", trial)
+    assert batch.confirm_batch_size(net, [8, 4, 2, 1], 16, torch.device("cpu"), None, 0, log=said.append) == 2
     assert tried == [8, 4, 2] and "8 ran out of memory" in said[0] and "trying 4" in said[0]
-    monkeypatch.setattr(plan, "_trial_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
-    with pytest.raises(plan.GPT2LabError, match="even 1 sequence of 16 tokens runs out of memory"):
-        plan.confirm_batch_size(net, [2, 1], 16, torch.device("cpu"), None, 0, log=said.append)
+    monkeypatch.setattr(batch, "_trial_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(batch.GPT2LabError, match="even 1 sequence of 16 tokens runs out of memory"):
+        batch.confirm_batch_size(net, [2, 1], 16, torch.device("cpu"), None, 0, log=said.append)
 
 
 def test_the_trial_step_leaves_no_trace(tmp_path):
@@ -309,7 +311,7 @@ def test_the_trial_step_leaves_no_trace(tmp_path):
                                         ("model.block_size", "16"), ("model.vocab_size", "64")]).model.gpt_config())
     weights = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    plan._trial_step(net, 4, 16, torch.device("cpu"), None, 0)
+    batch._trial_step(net, 4, 16, torch.device("cpu"), None, 0)
     assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
@@ -317,5 +319,5 @@ def test_the_trial_step_leaves_no_trace(tmp_path):
 
 def test_runtime_measurement_leaves_the_global_rng_alone():
     rng = torch.get_rng_state()
-    assert plan.runtime_bytes(plan.device_spec(torch.device("cpu"), None), "adamw") > 50 * 2**20
+    assert batch.runtime_bytes(hardware.device_spec(torch.device("cpu"), None), "adamw") > 50 * 2**20
     assert torch.equal(torch.get_rng_state(), rng)

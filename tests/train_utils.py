@@ -55,3 +55,13 @@ def cli_flags(data_dir, **changes) -> list[str]:
 def losses(run_dir) -> dict[int, float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def forward_backward(model, batches, grad_accum: int = 1, parallel=None):
+    """The trainer's micro-steps (TrainStep.forward_backward) over `batches`, fp32 on the CPU; returns the loss.
+    parallel: a ParallelModel to use instead of wrapping `model` alone."""
+    from gpt2lab.train.parallel import ParallelModel
+    from gpt2lab.train.step import TrainStep
+
+    parallel = parallel or ParallelModel(model)
+    return TrainStep(parallel, None, device="cpu", grad_accum=grad_accum).forward_backward(iter(batches))

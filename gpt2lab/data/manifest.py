@@ -56,6 +56,14 @@ def read_manifest(data_dir) -> dict:
     return manifest
 
 
+def check_vocabulary(data_dir, manifest: dict, model_vocab_size: int, what: str = "model.vocab_size") -> None:
+    """Refuse data holding token ids the model has no embedding for: the one place that says so. `what`: the
+    model's vocabulary as the caller names it (`model.vocab_size`, "the vocabulary of gpt2")."""
+    if manifest["vocab_size"] > model_vocab_size:
+        raise DataError(f"{data_dir} has token ids up to {manifest['vocab_size'] - 1} but {what} is {model_vocab_size}; "
+                        f"set model.vocab_size={manifest['vocab_size']} or more (50304 is the fast choice)")
+
+
 def split_tokens(data_dir, split: str) -> list[np.memmap]:
     """Read-only uint16 memory maps of one split's shards, in manifest order (each opened once, here)."""
     data_dir = Path(data_dir)

@@ -26,10 +26,11 @@ from typing import Callable, Iterable, Iterator
 
 from gpt2lab.storage.atomic import TMP_PREFIX, atomic_write_text
 from gpt2lab.data.document import Document
-from gpt2lab.data.errors import DataError
+from gpt2lab.data.errors import BadDataValue, DataError
 from gpt2lab.data.manifest import (DTYPE, EOT_TOKEN, FORMAT, MANIFEST, SPLITS, STATE, TOKENIZER, VOCAB_SIZE,
                                    read_manifest)
 from gpt2lab.data.shards import ShardWriter
+
 from gpt2lab.data.sources import SourceOptions, SourceStats, describe_source, iter_documents
 from gpt2lab.storage.dirlock import LOCK_FILE, DirectoryLock
 from gpt2lab.tokenizer import get_tokenizer
@@ -73,7 +74,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     options = SourceOptions(text_field=config.text_field, strict=config.strict, hf_split=config.hf_split,
                             exclude=out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; give a directory")
+        raise BadDataValue("out", f"{out} is a file; give a directory")
     # One prepare per output directory: a second one would interleave shards. A failed start leaves nothing.
     with DirectoryLock(out, what="gpt2lab prepare"):
         complete, resume = _existing_output(out, fingerprint, config.overwrite)
@@ -279,15 +280,15 @@ def _check_config(config: PrepareConfig) -> None:
     if not config.sources:
         raise DataError("no SOURCE given: name files, directories, globs, hf:NAME[:CONFIG] or shakespeare")
     if config.shard_size < 1:
-        raise DataError(f"--shard-size must be a positive number of tokens (got {config.shard_size})")
+        raise BadDataValue("shard_size", f"must be a positive number of tokens (got {config.shard_size})")
     if config.val_fraction is not None and config.val_docs is not None:
         raise DataError("give --val-fraction or --val-docs, not both")
     if config.val_fraction is not None and not 0 <= config.val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1) (got {config.val_fraction})")
+        raise BadDataValue("val_fraction", f"must be in [0, 1) (got {config.val_fraction})")
     if config.val_docs is not None and config.val_docs < 0:
-        raise DataError(f"--val-docs must be >= 0 (got {config.val_docs})")
+        raise BadDataValue("val_docs", f"must be >= 0 (got {config.val_docs})")
     if config.max_tokens is not None and config.max_tokens < 1:
-        raise DataError(f"--max-tokens must be positive (got {config.max_tokens})")
+        raise BadDataValue("max_tokens", f"must be positive (got {config.max_tokens})")
 
 
 def _fingerprint(config: PrepareConfig) -> dict:
@@ -310,7 +311,7 @@ def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dic
     `overwrite`; files that are not ours are always refused."""
     foreign = [p.name for p in out.iterdir() if not _ours(p)]
     if foreign:
-        raise DataError(f"--out {out} holds files that are not a gpt2lab dataset ({', '.join(sorted(foreign)[:3])}); "
+        raise BadDataValue("out", f"{out} holds files that are not a gpt2lab dataset ({', '.join(sorted(foreign)[:3])}); "
                         f"choose an empty or new directory")
     previous = None
     if (out / MANIFEST).exists():
@@ -332,8 +333,8 @@ def _existing_output(out: Path, fingerprint: dict, overwrite: bool) -> tuple[dic
                 return None, {"splits": previous["splits"], "last_document": previous["last_document"]}
             previous = None  # damaged: start over
     if previous is not None and not overwrite:
-        raise DataError(f"--out {out} holds a different dataset (or different prepare options); choose another "
-                        f"--out, rerun with the same options, or pass --overwrite to replace it")
+        raise BadDataValue("out", f"{out} holds a different dataset (or different prepare options); choose another "
+                        f"directory, rerun with the same options, or pass --overwrite to replace it")
     for p in out.iterdir():  # our files only (checked above): a clean start
         if p.name != LOCK_FILE:  # held by this process
             shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -27,13 +27,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process in the initialised process group; (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def logits_at(model, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Logits (B, K, vocab) at `positions` (B, K) of each row of `inputs` (B, T).
 

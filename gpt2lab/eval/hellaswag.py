@@ -36,8 +36,8 @@ from gpt2lab.runtime import memory
 from gpt2lab.storage.atomic import atomic_path
 from gpt2lab.storage.cache import cache_dir
 from gpt2lab.runtime.device import autocast
-from gpt2lab.errors import GPT2LabError
-from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
+from gpt2lab.errors import BadValue, GPT2LabError
+from gpt2lab.eval.common import logits_at, model_device, plain_module
 from gpt2lab.tokenizer import get_tokenizer
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -81,12 +81,12 @@ class HellaSwagResult:
 def load_examples(path=None, limit: int | None = None) -> list[Example]:
     """Examples of a HellaSwag JSONL file; `path=None`: the official validation set (downloaded once)."""
     if limit is not None and limit <= 0:
-        raise GPT2LabError(f"--limit must be a positive number of examples, got {limit}")
+        raise BadValue("limit", f"must be a positive number of examples, got {limit}")
     path = Path(path).expanduser() if path is not None else official_val_file()
     if path.is_dir():
-        raise GPT2LabError(f"{path} is a directory; pass the HellaSwag .jsonl file itself")
+        raise BadValue("data", f"{path} is a directory; pass the HellaSwag .jsonl file itself")
     if not path.is_file():
-        raise GPT2LabError(f"HellaSwag file {path} does not exist; pass an existing {VAL_FILE} with --data")
+        raise BadValue("data", f"{path} does not exist; pass an existing HellaSwag file ({VAL_FILE})")
     examples = []
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
@@ -139,18 +139,17 @@ def official_val_file() -> Path:
 def download_val(destination: Path) -> None:
     """Fetch hellaswag_val.jsonl, check it is complete, and only then put it in place (atomically)."""
     how_to = (
-        f"download {VAL_URL} on a connected machine and pass it with --data FILE "
-        f"(or copy it to {destination})"
+        f"download {VAL_URL} on a connected machine and pass that file (or copy it to {destination})"
     )
     try:
         with urllib.request.urlopen(VAL_URL, timeout=60) as response:
             data = response.read()
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise GPT2LabError(f"cannot download HellaSwag ({reason}); {how_to}") from None
+        raise BadValue("data", f"is needed: HellaSwag cannot be downloaded ({reason}); {how_to}") from None
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if lines != VAL_EXAMPLES:
-        raise GPT2LabError(f"downloaded HellaSwag has {lines} lines, expected {VAL_EXAMPLES}; {how_to}")
+        raise BadValue("data", f"is needed: the downloaded HellaSwag has {lines} lines, not {VAL_EXAMPLES}; {how_to}")
     with atomic_path(destination) as tmp:
         tmp.write_bytes(data)
 
@@ -225,7 +224,7 @@ def ending_losses(model, examples: list[TokenizedExample], device=None, autocast
 def score(model, examples, batch_size: int = 8, device=None, autocast_dtype=None, tokenizer=None):
     """(sum, mean) losses (n, 4) of all `examples` on this process, in their order, `batch_size` per forward."""
     if batch_size <= 0:
-        raise GPT2LabError(f"--batch-size must be a positive number of examples, got {batch_size}")
+        raise BadValue("batch_size", f"must be a positive number of examples, got {batch_size}")
     vocab_size = plain_module(model).config.vocab_size
     if vocab_size < 50257:
         raise GPT2LabError(f"HellaSwag needs the GPT-2 vocabulary (50257 tokens); this model has {vocab_size}")
@@ -249,9 +248,9 @@ def _check_memory(model, first_batch, batch_size, device, autocast_dtype) -> Non
     config = model.config
     width = min(max(_longest_row(ex) for ex in first_batch), config.block_size + 1) - 1
     scored = min(width, max(len(e) for ex in first_batch for e in ex.endings))
-    needed = memory.forward_bytes(config, len(first_batch) * NUM_ENDINGS, width, scored=scored,
-                                  bytes_per_value=(autocast_dtype or torch.float32).itemsize)
-    memory.check_fits(f"--batch-size {batch_size}", needed, device if device is not None else model_device(model))
+    needed = memory.inference_bytes(config, len(first_batch) * NUM_ENDINGS, width, scored=scored,
+                                    bytes_per_value=(autocast_dtype or torch.float32).itemsize)
+    memory.check_fits("batch_size", batch_size, needed, device if device is not None else model_device(model))
 
 
 def _longest_row(example: TokenizedExample) -> int:
@@ -267,7 +266,7 @@ def evaluate(model, examples, batch_size: int = 8, device=None, autocast_dtype=N
     common.plain_module). `batch_size` counts examples: each forward pass holds 4 x batch_size rows.
     """
     started = time.perf_counter()
-    rank, world_size = rank_and_world()
+    rank, world_size = distributed.rank_and_world()
     labels = torch.tensor([ex.label for ex in examples[rank::world_size]], dtype=torch.long)
     sums, means = score(model, examples[rank::world_size], batch_size, device, autocast_dtype, tokenizer)
     counts = torch.tensor(

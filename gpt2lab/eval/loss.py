@@ -28,8 +28,8 @@ from gpt2lab.runtime import distributed
 from gpt2lab.runtime import memory
 from gpt2lab.data.manifest import split_tokens
 from gpt2lab.runtime.device import autocast
-from gpt2lab.errors import GPT2LabError
-from gpt2lab.eval.common import logits_at, model_device, plain_module, rank_and_world
+from gpt2lab.errors import BadValue, GPT2LabError
+from gpt2lab.eval.common import logits_at, model_device, plain_module
 from gpt2lab.tokenizer import get_tokenizer
 
 
@@ -57,7 +57,7 @@ class Window:
 def windows(n_tokens: int, seq_len: int, stride: int) -> list[Window]:
     """The windows that score targets 1 .. n_tokens - 1 exactly once, `stride` new targets per window."""
     if not 1 <= stride <= seq_len:
-        raise GPT2LabError(f"--stride must be between 1 and the sequence length {seq_len}, got {stride}")
+        raise BadValue("stride", f"must be between 1 and the sequence length {seq_len}, got {stride}")
     out = []
     scored = 0  # targets 1 ..= scored are done
     while scored < n_tokens - 1:
@@ -87,26 +87,24 @@ def evaluate_loss(
     device = torch.device(device) if device is not None else model_device(model)
     seq_len = seq_len or model.config.block_size
     if not 1 <= seq_len <= model.config.block_size:
-        raise GPT2LabError(
-            f"--seq-len must be between 1 and the model's context {model.config.block_size}, got {seq_len}"
-        )
+        raise BadValue("seq_len", f"must be between 1 and the model's context {model.config.block_size}, got {seq_len}")
     if batch_size <= 0:
-        raise GPT2LabError(f"--batch-size must be a positive number of windows, got {batch_size}")
+        raise BadValue("batch_size", f"must be a positive number of windows, got {batch_size}")
     if max_tokens is not None and max_tokens <= 0:
-        raise GPT2LabError(f"--max-tokens must be positive, got {max_tokens}")
-    stride = stride or seq_len
+        raise BadValue("max_tokens", f"must be positive, got {max_tokens}")
+    stride = seq_len if stride is None else stride
     streams = _as_streams(tokens_or_memmaps, max_tokens)
     jobs = [(stream, w) for stream in streams for w in windows(len(stream), seq_len, stride)]
     if not jobs:
         raise GPT2LabError("nothing to evaluate: a loss needs at least 2 tokens")
 
     started = time.perf_counter()
-    rank, world_size = rank_and_world()
+    rank, world_size = distributed.rank_and_world()
     loss_sum, count = 0.0, 0
     mine = jobs[rank::world_size]
-    needed = memory.forward_bytes(model.config, min(batch_size, len(mine)), seq_len, scored=stride,
-                                  bytes_per_value=(autocast_dtype or torch.float32).itemsize)
-    memory.check_fits(f"--batch-size {batch_size}", needed, device)  # before the first (and largest) batch
+    needed = memory.inference_bytes(model.config, min(batch_size, len(mine)), seq_len, scored=stride,
+                                    bytes_per_value=(autocast_dtype or torch.float32).itemsize)
+    memory.check_fits("batch_size", batch_size, needed, device)  # before the first (and largest) batch
     for i in range(0, len(mine), batch_size):
         batch_sum, batch_count = _window_losses(model, mine[i : i + batch_size], device, autocast_dtype)
         loss_sum += batch_sum
@@ -200,7 +198,7 @@ def load_streams(path, split: str = "val", tokenizer=None) -> list:
     if path.is_dir():
         return shard_streams(path, split)
     if not path.exists():
-        raise GPT2LabError(f"{path} does not exist; pass a prepared data directory or a text file with --data")
+        raise BadValue("data", f"{path} does not exist; pass a prepared data directory or a text file")
     if path.suffix == ".bin":
         raise GPT2LabError(f"{path} is a shard; pass the prepared data directory that holds its manifest.json")
     return [text_file_tokens(path, tokenizer)]

@@ -1,10 +1,10 @@
 """What a MODEL names: the one resolver from a MODEL string to a local directory in Hugging Face GPT-2 format,
-used by every command (through `GPT.from_pretrained`) and by `gpt2lab sample` to read config.json first.
+used by every command (through `GPT.from_pretrained`), by sampling to read config.json first, and by the planner.
 
 A MODEL is one of
   - a released GPT-2 name (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) or any Hugging Face hub id,
     downloaded with huggingface_hub into the standard HF cache (so a model a user already has is reused);
-  - a local Hugging Face directory: `config.json` + weights (`hf_format` reads them);
+  - a local Hugging Face directory: `config.json` + weights (`gpt2lab.hf.format` reads them);
   - a gpt2lab run directory: its newest complete checkpoint (`RUN/checkpoints/step_XXXXXXXX/`).
 """
 
@@ -21,8 +21,9 @@ from gpt2lab.storage.run_directory import CHECKPOINTS_DIR, RunDirectory
 HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
 
-def resolve_model_dir(source) -> Path:
-    """Turn a MODEL string into a local directory holding `config.json` and weights."""
+def resolve_model_dir(source, offline: bool = False) -> Path:
+    """Turn a MODEL string into a local directory holding `config.json` and weights. `offline`: a hub id is looked
+    up in the local HF cache only, without any request (what a dry run may do)."""
     path = Path(os.path.expanduser(str(source)))
     if path.is_dir():
         run = RunDirectory(path)
@@ -38,7 +39,7 @@ def resolve_model_dir(source) -> Path:
         raise ModelNotFoundError(f"{path} is a file; pass the directory that holds config.json and the weights")
     if _looks_like_path(str(source)):
         raise ModelNotFoundError(f"no such directory: {path}")
-    return _download_from_hub(HUB_ALIASES.get(str(source), str(source)))
+    return _download_from_hub(HUB_ALIASES.get(str(source), str(source)), offline)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -55,7 +56,7 @@ def _latest_checkpoint(run: RunDirectory) -> Path:
     return checkpoint
 
 
-def _download_from_hub(repo_id: str) -> Path:
+def _download_from_hub(repo_id: str, offline: bool = False) -> Path:
     """Config and weights of a hub repository in the standard HF cache: downloaded when the hub answers, else
     taken from the cache as they are (no network at all under HF_HUB_OFFLINE=1).
 
@@ -69,12 +70,14 @@ def _download_from_hub(repo_id: str) -> Path:
 
     try:
         validate_repo_id(repo_id)  # before any request: "a b" is no URL to ask the hub about
-        online = not constants.HF_HUB_OFFLINE and _hub_answers(repo_id)
+        online = not (offline or constants.HF_HUB_OFFLINE) and _hub_answers(repo_id)
         return _fetch_model_files(repo_id, local_only=not online)
     except HFValidationError:
         raise _not_a_repository(repo_id) from None
     except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
+        if offline:
+            why, fix = "this command downloads nothing", f"fetch it first (gpt2lab inspect {repo_id})"
+        elif constants.HF_HUB_OFFLINE:
             why, fix = "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE on a connected machine"
         else:
             why, fix = "the Hugging Face Hub is unreachable", "connect and retry"

@@ -1,12 +1,19 @@
-"""GPTConfig: the shape of a GPT-2 (context, vocabulary, depth, width), and the shapes OpenAI released.
+"""GPTConfig: the shape of a GPT-2 (context, vocabulary, depth, width), the shapes OpenAI released, and the one
+check that a sequence fits the context.
 
 Its own module because everything that describes a model without building one needs it: the HF config.json
-reader and writer (`hf_format`), the training config, memory estimates. None of them needs the network itself.
+reader and writer (`gpt2lab.hf.format`), the training config, memory estimates. None of them needs the network.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from gpt2lab.errors import BadValue
+
+
+class ContextLengthError(BadValue):
+    """A sequence does not fit in the model's context (block_size)."""
 
 
 @dataclass
@@ -31,6 +38,13 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def check_context(self, length: int, param: str = "sequence", fix: str | None = None) -> None:
+        """Refuse `length` tokens (the value of `param`) when they do not fit the context: the one place that
+        says so. `fix`: what the caller can change (default: lower the value)."""
+        if length > self.block_size:
+            raise ContextLengthError(param, f"({length}) is longer than the model's context of {self.block_size} "
+                                            f"tokens (block_size); {fix or 'lower it'}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:

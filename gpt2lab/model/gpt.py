@@ -4,8 +4,8 @@ Module and parameter names and weight layouts follow Hugging Face's GPT-2 (`tran
 projections stored (in, out) as in its `Conv1D`), so a released checkpoint maps onto this model key for key, as a
 plain copy. The network knows nothing about files, hubs, devices or training. `GPT.from_pretrained`,
 `save_pretrained`, `generate` and `generate_stream` are the API users know; they hand over to the modules that
-own those jobs (`model_source`: what a MODEL names; `hf_format`: the files; `generate`: sampling), none of
-which imports this one: dependencies point one way.
+own those jobs (`gpt2lab.hf.resolve`: what a MODEL names; `gpt2lab.hf.format`: the files;
+`gpt2lab.sampling.decode`: sampling), none of which imports this one: dependencies point one way.
 
 References:
 1) OpenAI's TensorFlow GPT-2: https://github.com/openai/gpt-2/blob/master/src/model.py
@@ -18,16 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2lab.sampling import decode as sampling
-from gpt2lab.model.cpu_decode import FEW_ROWS, linear_few_rows
-from gpt2lab.errors import GPT2LabError
-from gpt2lab.model.config import GPTConfig
 from gpt2lab.hf.format import read_config, read_state_dict, save_model
 from gpt2lab.hf.resolve import resolve_model_dir
-
-
-class ContextLengthError(GPT2LabError, ValueError):
-    """A sequence does not fit in the model's context (block_size)."""
+from gpt2lab.model.config import ContextLengthError, GPTConfig
+from gpt2lab.model.cpu_decode import FEW_ROWS, linear_few_rows
+from gpt2lab.sampling import decode as sampling
 
 
 class KVCache:
@@ -45,7 +40,7 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32, length=None):
-        self.block_size = config.block_size
+        self.config, self.block_size = config, config.block_size
         self.length = min(length or config.block_size, config.block_size)
         shape = (config.n_layer, batch_size, config.n_head, self.length, config.head_dim)
         # empty, not zeros: a slot is always written before attention reads it
@@ -58,13 +53,10 @@ class KVCache:
 
     def positions(self, T: int, device) -> torch.Tensor:
         """Positions of the next T tokens, (T,): the same for every row. Refuses tokens that do not fit."""
-        if self.pos + T > self.block_size:
-            raise ContextLengthError(
-                f"sequence of {self.pos + T} tokens is longer than the model's context of "
-                f"{self.block_size} (block_size); crop it to the last {self.block_size} tokens"
-            )
+        self.config.check_context(self.pos + T, "sequence", f"crop it to the last {self.block_size} tokens")
         if self.pos + T > self.length:
-            raise ContextLengthError(f"KV cache holds {self.length} positions, {self.pos + T} needed; allocate a longer one")
+            raise ContextLengthError("sequence", f"({self.pos + T} tokens) does not fit a KV cache of {self.length} "
+                                                 f"positions; allocate a longer one")
         return torch.arange(self.pos, self.pos + T, dtype=torch.long, device=device)
 
     def attend(self, layer: int, q, k, v):
@@ -232,12 +224,8 @@ class GPT(nn.Module):
         B, T = idx.size()
         if cache is not None:
             pos = cache.positions(T, idx.device)  # (T,), or (B, T) when rows have their own lengths
-        elif T > self.config.block_size:
-            raise ContextLengthError(
-                f"sequence of {T} tokens is longer than the model's context of "
-                f"{self.config.block_size} (block_size); crop it to the last {self.config.block_size} tokens"
-            )
         else:
+            self.config.check_context(T, "sequence", f"crop it to the last {self.config.block_size} tokens")
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         for layer, block in enumerate(self.transformer.h):

@@ -1,8 +1,9 @@
 """torchrun + torch.distributed set-up and tear-down, shared by training and evaluation.
 
 Nothing here replaces PyTorch's own machinery: `torchrun` starts the processes and sets RANK / LOCAL_RANK /
-WORLD_SIZE / MASTER_ADDR / MASTER_PORT; we only pick the backend (NCCL on GPUs, gloo on CPUs), pin each process
-to its GPU, and offer the few collectives the rest of the code needs.
+WORLD_SIZE / LOCAL_WORLD_SIZE / MASTER_ADDR / MASTER_PORT; we only pick the backend (NCCL on GPUs, gloo on CPUs),
+pin each process to its GPU, and offer the few collectives the rest of the code needs. This is the one module that
+reads those variables: everything else asks `launch()` (before joining) or the `DistContext` of `setup`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class DistContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # the processes on this machine, which share its CPU memory
 
     @property
     def enabled(self) -> bool:
@@ -37,14 +39,28 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def setup(device: torch.device) -> DistContext:
-    """Join the process group if started by torchrun; a no-op context otherwise."""
+def launch() -> DistContext:
+    """What torchrun says about this process (rank 0 of 1 without torchrun), before joining any process group."""
     if not launched_by_torchrun():
         return DistContext()
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if world_size == 1:
-        return DistContext(rank, local_rank, world_size)
+    world_size = int(os.environ["WORLD_SIZE"])
+    return DistContext(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world_size,
+                       int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process in the initialised process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup(device: torch.device) -> DistContext:
+    """Join the process group if started by torchrun; a no-op context otherwise."""
+    ctx = launch()
+    if ctx.world_size == 1:
+        return ctx
+    local_rank = ctx.local_rank
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise GPT2LabError(
@@ -57,7 +73,7 @@ def setup(device: torch.device) -> DistContext:
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return DistContext(rank, local_rank, world_size)
+    return ctx
 
 
 def process_device(device: torch.device, ctx: DistContext) -> torch.device:

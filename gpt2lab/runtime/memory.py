@@ -1,23 +1,18 @@
-"""Memory: the up-front guard against sizes that cannot fit, a training step's full estimate, and measured peaks.
+"""Memory: the one estimator of what a step needs, the up-front refusal of sizes that cannot fit, measured peaks.
 
-1. `forward_bytes` + `check_fits`: refuse, up front and in one line, work whose memory grows with a number the user
-typed and would not fit (below).
-2. `training_step`: what one training process holds at its peak, term by term, for `gpt2lab train --dry-run` and
-`data.batch_size = "auto"` (gpt2lab.train.plan), checked against measured peaks (tests/test_memory_estimate.py).
+1. `estimate_training`: what one training process holds at the peak of a step, term by term. `gpt2lab train
+   --dry-run`, `data.batch_size = "auto"` and the trainer's CPU refusal all use it (through
+   `gpt2lab.train.batch.StepMemory`), and tests/e2e/test_memory_estimate.py holds it against measured peaks.
+2. `inference_bytes` + `check_fits`: refuse, up front and in one line, an inference batch (sampling, evaluation,
+   serving) whose memory grows with a number the user typed and would not fit.
 3. `peak_bytes`: the measured peak (a CPU's peak resident set size; a GPU's allocator peak plus the CUDA context),
-which training logs as `peak_mem_mb`.
+   which training logs as `peak_mem_mb`.
 
 A typo such as `--batch-size 100000` should not take the machine down: on a CPU the kernel's OOM killer may pick
-another process first, and swapping can freeze the whole machine before it acts. So the commands estimate the
-memory of their largest step from the batch shape (`forward_bytes`) and compare it with what is available now
-(`check_fits`) before they start.
-
-The guard's estimate is deliberately rough and errs on the side of allowing: it counts only the big terms that grow with
-the batch (the vocabulary logits, the activations, a KV cache) and leaves out the weights, the optimizer state,
-the allocator's slack and the attention scores, so the real peak is higher (measured on a CPU for gpt2-shaped
-models: 1.2-1.4x the estimate for a training step or an evaluation batch, more for sampling's small batches,
-whose fixed costs dominate). It exists to catch sizes that are wildly off, not to fill memory to the last byte;
-when the available memory cannot be known (MPS, a system without /proc/meminfo) nothing is refused.
+another process first, and swapping can freeze the whole machine before it acts. `inference_bytes` is deliberately
+rough and errs on the side of allowing: it counts only the big terms that grow with the batch (the vocabulary
+logits, the activations of one block, a KV cache), not the weights or the allocator's slack. It exists to catch
+sizes that are wildly off; where the available memory cannot be known (MPS, no /proc/meminfo) nothing is refused.
 """
 
 from __future__ import annotations
@@ -29,81 +24,31 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue
 
 GIB = 2**30
 MEMINFO = "/proc/meminfo"
 
 
-class MemoryLimitError(GPT2LabError, MemoryError):
+class MemoryLimitError(BadValue, MemoryError):
     """The work asked for would need more memory than the machine has available."""
 
 
-def forward_bytes(config, rows: int, tokens: int, *, scored: int | None = None, training: bool = False,
-                  cached: int = 0, bytes_per_value: int = 4) -> int:
-    """Rough bytes one forward pass (and, when training, its backward pass) needs on top of the weights.
-
-    rows x tokens: the input batch; scored: positions per row projected onto the vocabulary (default all of
-    them; sampling needs 1); cached: positions per row of a KV cache (sampling); bytes_per_value: 4 for float32,
-    2 under bfloat16/float16.
-    """
-    scored = tokens if scored is None else scored
-    C, L, V = config.n_embd, config.n_layer, config.vocab_size
-    # float32 logits, then the loss's log-softmax of them (and, training, their gradient): measured ~1.9x the
-    # logits' size for a forward pass, ~2.7x with the backward pass; counted as 1.5x and 2x
-    logits = rows * scored * V * 4 * (2 if training else 1.5)
-    if training:  # every block keeps ~16 values per token and channel for the backward pass
-        activations = L * rows * tokens * C * 16 * bytes_per_value
-    else:  # blocks run one after another: one MLP's 4C-wide hidden state (in and out of the GELU) at a time
-        activations = rows * tokens * 4 * C * 2 * bytes_per_value
-    kv_cache = 2 * L * rows * cached * C * bytes_per_value
-    return int(logits + activations + kv_cache)
+def format_bytes(n: int | None) -> str:
+    """Sizes as every gpt2lab message writes them: MiB below 1 GiB, GiB above (two decimals below 10 GiB)."""
+    if n is None:
+        return "unknown"
+    if n < GIB:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / GIB:.2f} GiB" if n < 10 * GIB else f"{n / GIB:.1f} GiB"
 
 
-def peak_bytes(device) -> int | None:
-    """The measured peak so far, what a training step's estimate is held against: on a CPU, this process's peak
-    resident set size (what `/usr/bin/time -v` reports as "Maximum resident set size"); on a CUDA GPU, the most
-    memory torch's allocator has handed out (`torch.cuda.max_memory_allocated`) plus what the CUDA context and
-    libraries hold outside it (`cuda_context_bytes`). None where neither can be read (MPS, Windows).
-
-    On Linux the CPU's number is VmHWM, not getrusage's ru_maxrss: ru_maxrss also counts the resident memory of the
-    process that started this one, as it was when it did (the kernel keeps the larger of the two across exec), so a
-    trainer started from a 2 GB process (a test runner, a notebook) would report at least 2 GB whatever it used.
-    /usr/bin/time reports the child's own peak, as VmHWM does."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) + cuda_context_bytes(device)
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError, IndexError):  # not Linux
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, the BSDs kilobytes
-
-
-_context_bytes: dict[int, int] = {}
-
-
-def cuda_context_bytes(device) -> int:
-    """Device memory in use but not by torch's allocator: the CUDA context, cuBLAS/cuDNN/NCCL workspaces. Taken
-    the first time it is asked for (the earlier, the fewer other allocations it can mistake for the context)."""
-    index = torch.device(device).index or 0
-    if index not in _context_bytes:
-        free, total = torch.cuda.mem_get_info(index)
-        _context_bytes[index] = max(0, total - free - torch.cuda.memory_reserved(index))
-    return _context_bytes[index]
+# --------------------------------------------------------------------------------------------- training
 
 
 @dataclass
 class TrainingMemory:
-    """What one process holds at the peak of a training step, in bytes, by what holds it (see `training_step`)."""
+    """What one process holds at the peak of a training step, in bytes, by what holds it (see `estimate_training`)."""
 
     runtime: int  # the process itself: Python + torch's code and buffers (CPU), or the CUDA context (GPU)
     weights: int  # float32 master weights
@@ -120,52 +65,43 @@ class TrainingMemory:
         return sum(dataclasses.astuple(self))
 
 
-# On a CPU the trainer keeps freed memory in glibc's heap (device.keep_freed_memory: page faults cost ~3 s per GiB on
-# the development VM), and that heap fragments. Small allocations land between the big ones, and glibc (2.36) serves
-# a 64-byte-aligned tensor only from a hole larger than an identical tensor leaves, so a step's large buffers often
-# find no room but above what the previous step used: the process's resident memory grows over the first steps, by
-# whole loss buffers at a time and by an amount that differs between identical runs, and settles (mostly by step
-# 10) at 1.2-1.8x the first step's. With accumulation the gradients, which stay from one micro-step to the next, also
-# split the room the first micro-step's buffers leave, so the next one's need more, and every micro-step is one
-# more chance to: the allowance counts the activations and loss buffers again once at 2 micro-steps and 1.5 times
-# from 3 on (accumulation_churn). The allowance is a fraction of what a step allocates and frees (activations, loss
-# buffers, gradients, and that extra when accumulating), fitted to the peak RSS of 44 ten-step runs of 15 shapes
-# (2-12 layers, 64-768 wide, fp32/bf16, AdamW/Muon, vocabularies of 50k-65k, 1 or 2 micro-steps) and, for
-# accumulation, of 54 launcher-measured runs of 9 shapes (3-6 layers, 128-512 wide, fp32/bf16, AdamW/Muon, 2, 4
-# and 8 micro-steps; the highest of six within 13 % of the estimate, where half the activations and loss buffers
-# had been up to 30 % short at 4 and 8 micro-steps): within 15 % of each shape's highest measured peak,
-# over those and the launcher-measured runs of tests/test_memory_estimate.py (test runs measured before the
-# VmHWM fix are not counted: ru_maxrss had added pytest's own memory to them). A run whose heap happens not to
-# fragment stays lower, up to 35 % below the estimate (the most erratic shape, the fp32 demo's, whose 200 MB loss
-# buffers are most of its peak, measured 1.18-1.83 GB over six runs): the estimate is what to budget for, not what every run reaches.
+def optimizer_state_bytes(params: int, muon_params: int = 0) -> int:
+    """The optimizer's state, float32: AdamW's two moments per parameter, Muon's one momentum buffer per element of
+    its matrices. What a step holds and what a checkpoint's training_state.pt stores."""
+    return 8 * (params - muon_params) + 4 * muon_params
+
+
+# On a CPU the trainer keeps freed memory in glibc's heap (device.keep_freed_memory), and that heap fragments: a
+# step's large buffers often find no hole big enough but above what the previous step used, so the resident size
+# grows over the first ~10 steps, by whole loss buffers at a time. The allowance is this fraction of what a step
+# allocates and frees; with accumulation every micro-step is one more chance to fragment (accumulation_churn).
 CPU_HEAP_SLACK = 0.8
 
 
 def accumulation_churn(grad_accum: int) -> float:
-    """Extra sets of activations and loss buffers the heap allowance counts for this many micro-steps (see above):
-    none for 1, one for 2, 1.5 from 3 on."""
+    """Extra sets of activations and loss buffers the heap allowance counts for this many micro-steps: none for 1,
+    one for 2, 1.5 from 3 on."""
     return min(grad_accum - 1, 1.5)
 
 
-def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
-                  amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
-                  cpu_heap: bool = False) -> TrainingMemory:
+def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
+                      amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
+                      cpu_heap: bool = False) -> TrainingMemory:
     """The peak memory of one process's training step of a GPT-2 `config` on B x T tokens, term by term.
 
     params: all parameters; cast_params: those autocast copies (the Conv1D layers and the tied lm_head);
     muon_params: those Muon trains (the rest has AdamW); amp_bytes: 2 under bf16/fp16 autocast, None in fp32;
-    runtime: the process's own memory (`gpt2lab.train.plan` measures it); cpu_heap: add CPU_HEAP_SLACK.
+    runtime: the process's own memory; cpu_heap: add the CPU heap's allowance (CPU_HEAP_SLACK).
 
     The peak is where the backward pass starts: every block's activations are still held when the loss's
     backward makes the gradient of the B x T x vocab log-probabilities. Counted per token and layer from what
-    autograd saves (model.py): fp32: the block input, ln_1 out, qkv (3C), attention out, its contiguous copy,
+    autograd saves (model/gpt.py): fp32: the block input, ln_1 out, qkv (3C), attention out, its contiguous copy,
     the residual after attention, ln_2 out, the MLP's 4C hidden before and after GELU: 17C floats. Under autocast
     the matmul inputs and outputs are 2-byte copies while LayerNorm and the residual stream stay float32: 38C
     bytes. The loss: log_softmax's float32 output, the gradient nll_loss hands back and log_softmax's own, 3 x 4
-    bytes per token and vocabulary entry (the logits themselves are freed once the loss is taken). Gradients are
-    created as the backward pass frees activations, so they count at that peak only when accumulation kept them
-    from an earlier micro-step; the other candidate for the peak is the optimizer step, with every gradient (and,
-    for Muon, every matrix's update) held at once.
+    bytes per token and vocabulary entry. Gradients are created as the backward pass frees activations, so they
+    count at that peak only when accumulation kept them from an earlier micro-step; the other candidate for the
+    peak is the optimizer step, with every gradient (and, for Muon, every matrix's update) held at once.
     """
     C, L, V, H = config.n_embd, config.n_layer, config.vocab_size, config.n_head
     tokens = batch_size * seq_len
@@ -175,7 +111,7 @@ def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_pa
     activations = tokens * (L * (per_layer + attention_lse) + final)
     logits = tokens * V * 3 * 4
     gradients = 4 * params
-    optimizer = 8 * (params - muon_params) + 4 * muon_params
+    optimizer = optimizer_state_bytes(params, muon_params)
     muon_updates = 4 * muon_params  # Muon's step holds every matrix's orthogonalised update until it applies them
     held = gradients if grad_accum > 1 else 0
     backward = (amp_bytes or 0) * cast_params + activations + logits + held
@@ -192,10 +128,39 @@ def training_step(config, batch_size: int, seq_len: int, *, params: int, cast_pa
         allocator=int(CPU_HEAP_SLACK * churn) if cpu_heap else 0)
 
 
+# --------------------------------------------------------------------------------------------- the guard
+
+
+def inference_bytes(config, rows: int, tokens: int, *, scored: int | None = None, cached: int = 0,
+                    bytes_per_value: int = 4) -> int:
+    """Rough bytes one forward pass without gradients needs on top of the weights.
+
+    rows x tokens: the input batch; scored: positions per row projected onto the vocabulary (default all of
+    them; sampling needs 1); cached: positions per row of a KV cache; bytes_per_value: 4 for float32, 2 under
+    bfloat16/float16.
+    """
+    scored = tokens if scored is None else scored
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    logits = rows * scored * V * 4 * 1.5  # float32 logits, then the loss's log-softmax of them
+    activations = rows * tokens * 4 * C * 2 * bytes_per_value  # one MLP's 4C hidden state, in and out of GELU
+    kv_cache = 2 * L * rows * cached * C * bytes_per_value
+    return int(logits + activations + kv_cache)
+
+
 def token_list_bytes(characters: int) -> int:
     """Rough bytes of Python token lists for text of this many characters (what tiktoken's encode returns):
     ~1 token per 4 characters of English, each an int object (28 bytes) plus its slot in the list (8)."""
     return characters // 4 * 36
+
+
+def check_fits(param: str, value, needed: int, device, step: str = "for one forward pass") -> None:
+    """Raise a one-line MemoryLimitError naming `param` (as the caller knows it: `batch_size`, `data.batch_size`)
+    and its `value` when `needed` bytes exceed the memory available on `device`."""
+    available = available_bytes(device)
+    if available is not None and needed > available:
+        where = "" if torch.device(device).type == "cpu" else f" on {device}"
+        raise MemoryLimitError(param, f"{value} would need ~{format_bytes(needed)} {step}, more than the "
+                                      f"{format_bytes(available)} available{where}; lower it")
 
 
 def available_bytes(device) -> int | None:
@@ -220,18 +185,64 @@ def available_bytes(device) -> int | None:
         return None
 
 
-def check_fits(what: str, needed: int, device, step: str = "for one forward pass") -> None:
-    """Raise a one-line MemoryLimitError when `needed` bytes exceed the memory available on `device`.
-
-    what: the user's number as they typed it, e.g. "--batch-size 100000"; step: what needs the memory.
-    """
-    available = available_bytes(device)
-    if available is not None and needed > available:
-        where = "" if torch.device(device).type == "cpu" else f" on {device}"
-        raise MemoryLimitError(
-            f"{what} would need ~{_size(needed)} {step}, more than the {_size(available)} available{where}; lower it"
-        )
+# --------------------------------------------------------------------------------------------- measured
 
 
-def _size(n: int) -> str:
-    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
+def peak_bytes(device) -> int | None:
+    """The measured peak so far, what a training step's estimate is held against: on a CPU, this process's peak
+    resident set size (what `/usr/bin/time -v` reports); on a CUDA GPU, the most memory torch's allocator has
+    handed out plus what the CUDA context and libraries hold outside it (`cuda_context_bytes`). None where
+    neither can be read (MPS, Windows).
+
+    On Linux the CPU's number is VmHWM, not getrusage's ru_maxrss: ru_maxrss also counts the resident memory of the
+    process that started this one (the kernel keeps the larger of the two across exec)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) + cuda_context_bytes(device)
+    if device.type != "cpu":
+        return None
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, the BSDs kilobytes
+
+
+def reset_cpu_peak() -> None:
+    """Start VmHWM again from the resident size now (Linux), so the next `peak_bytes` is the peak from here on."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux); elsewhere the peak so far, which is close to it after a step."""
+    now = _status_bytes("VmRSS")
+    return now if now is not None else (peak_bytes("cpu") or 0)
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{field}:"))
+    except (OSError, StopIteration, ValueError, IndexError):  # not Linux
+        return None
+
+
+_context_bytes: dict[int, int] = {}
+
+
+def cuda_context_bytes(device) -> int:
+    """Device memory in use but not by torch's allocator: the CUDA context, cuBLAS/cuDNN/NCCL workspaces. Taken
+    the first time it is asked for (the earlier, the fewer other allocations it can mistake for the context)."""
+    index = torch.device(device).index or 0
+    if index not in _context_bytes:
+        free, total = torch.cuda.mem_get_info(index)
+        _context_bytes[index] = max(0, total - free - torch.cuda.memory_reserved(index))
+    return _context_bytes[index]

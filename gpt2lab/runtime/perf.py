@@ -1,47 +1,14 @@
-"""Performance arithmetic shared by training metrics, the planner and `gpt2lab bench`: FLOPs per token, GPU specs
-and peaks, a measured matmul peak, timing sync.
+"""Performance arithmetic and timing shared by training metrics, the planner and `gpt2lab bench`: FLOPs per token,
+the one way to time device work (`Stopwatch`, `time_calls`, `calls_per_second`), and measured peaks.
 
 Model FLOPs utilisation (MFU) = achieved FLOP/s / the hardware's peak, where achieved = tokens/s x FLOPs per token.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
 
 import torch
-
-MIB = 2**20
-
-
-@dataclass(frozen=True)
-class GPUSpec:
-    name: str
-    bf16_flops: float  # published dense bf16 tensor-core peak (no sparsity), FLOP/s
-    memory_bytes: int  # as nvidia-smi reports it
-    pattern: str  # how torch.cuda.get_device_name names it ("NVIDIA H100 80GB HBM3"); the first match wins
-
-
-# GPUs people train GPT-2 on, by the short name `gpt2lab train --dry-run --plan-device` takes; a CUDA device not in
-# the table reports no MFU. Order matters: the PCIe H100 and the 40 GB A100 before their namesakes.
-GPUS = {
-    "h100-pcie": GPUSpec("NVIDIA H100 PCIe 80GB", 756e12, 81559 * MIB, r"H100.*PCIe"),
-    "h100": GPUSpec("NVIDIA H100 SXM 80GB", 989e12, 81559 * MIB, r"H100"),
-    "h200": GPUSpec("NVIDIA H200 141GB", 989e12, 143771 * MIB, r"H200"),
-    "a100-40gb": GPUSpec("NVIDIA A100 40GB", 312e12, 40960 * MIB, r"A100.*40GB"),
-    "a100": GPUSpec("NVIDIA A100 80GB", 312e12, 81920 * MIB, r"A100"),
-    "l40s": GPUSpec("NVIDIA L40S 48GB", 362e12, 46068 * MIB, r"L40S"),
-    "a10": GPUSpec("NVIDIA A10 24GB", 125e12, 23028 * MIB, r"\bA10\b"),
-    "l4": GPUSpec("NVIDIA L4 24GB", 121e12, 23034 * MIB, r"\bL4\b"),
-    "rtx4090": GPUSpec("NVIDIA GeForce RTX 4090 24GB", 165e12, 24564 * MIB, r"RTX 4090"),
-    "rtx3090": GPUSpec("NVIDIA GeForce RTX 3090 24GB", 71e12, 24576 * MIB, r"RTX 3090"),
-}
-
-
-def gpu_spec(device_name: str) -> GPUSpec | None:
-    """The table's entry for a CUDA device's name, or None."""
-    return next((spec for spec in GPUS.values() if re.search(spec.pattern, device_name)), None)
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
@@ -49,12 +16,46 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     return 6 * n_params + 6 * n_layer * n_embd * seq_len
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The published bf16 peak of `device` (FLOP/s), or None for a CPU or a GPU not in the table."""
-    if device.type != "cuda":
-        return None
-    spec = gpu_spec(torch.cuda.get_device_name(device))
-    return spec.bf16_flops if spec else None
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work: CUDA runs asynchronously, and a timer must time the work, not its launch."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """Seconds of device work: waits for the device at start and stop."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.t0 = None
+
+    def start(self) -> None:
+        sync(self.device)
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        sync(self.device)
+        return time.perf_counter() - self.t0
+
+
+def time_calls(fn, device, calls: int) -> list[float]:
+    """Seconds each of `calls` calls of fn() takes, timed one by one."""
+    watch, times = Stopwatch(device), []
+    for _ in range(calls):
+        watch.start()
+        fn()
+        times.append(watch.stop())
+    return times
+
+
+def calls_per_second(fn, device, seconds: float) -> float:
+    """How many calls of fn() the device completes per second, repeating it for about `seconds`."""
+    watch, count = Stopwatch(device), 0
+    watch.start()
+    while time.perf_counter() - watch.t0 < seconds:
+        fn()
+        count += 1
+    return count / watch.stop()
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
@@ -68,22 +69,15 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048,
     while True:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        if size >= n or time.perf_counter() - t0 > 0.05:
+        (took,) = time_calls(lambda: a @ b, device, 1)
+        if size >= n or took > 0.05:
             break
         size *= 2
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        count += 1
-    sync(device)
-    return 2 * size**3 * count / (time.perf_counter() - t0)
+    return 2 * size**3 * calls_per_second(lambda: a @ b, device, seconds)
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work: CUDA runs asynchronously, and a timer must time the work, not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def measure_read_bandwidth(device: torch.device, mb: int = 1024, seconds: float = 1.0) -> float:
+    """Bytes/s for streaming through a buffer larger than the caches: what batch-1 decoding is bound by."""
+    x = torch.ones(mb * 2**20 // 4, device=device)
+    x.sum()
+    return x.numel() * 4 * calls_per_second(x.sum, device, seconds)

@@ -16,7 +16,7 @@ uses this: sample i is the same whatever --num-samples and --batch-size, up to f
 between batch shapes and can tip a rare near-tie).
 
 The model is used through its interface (config, forward with a cache, hidden_states, lm_head, new_kv_cache);
-this module does not import model.py, which imports it for `GPT.generate`.
+this module does not import model/gpt.py, which imports it for `GPT.generate`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from gpt2lab.errors import BadValue
 from gpt2lab.model import cpu_decode
-from gpt2lab.errors import GPT2LabError
 
 
-class SamplingError(GPT2LabError, ValueError):
-    """Sampling settings or a prompt that cannot be used."""
+class SamplingError(BadValue):
+    """A sampling setting or a prompt that cannot be used (`param` names it)."""
 
 
 # --------------------------------------------------------------------------------------------- decoding
@@ -108,7 +108,9 @@ def sample_next(
     """Pick one token per row of `logits` (B, vocab) -> (B,); `generator` may be a list, one per row."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # The largest logit subtracted first: then no temperature above MIN_TEMPERATURE overflows (each scaled logit is
+    # <= 0), and a tiny one tends to greedy instead of turning the probabilities into NaN.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     candidates = None  # vocabulary ids of the columns of `logits`; None: all of them
     if top_k is not None and top_k < logits.size(-1):
         # Keep exactly k survivors (even when several logits tie with the k-th) and draw among those k
@@ -223,39 +225,44 @@ def check_generate_args(model, idx, max_new_tokens, *, temperature, top_k, top_p
     model_vocab = model.config.vocab_size
     vocab_size = model_vocab if vocab_size is None else vocab_size
     if not _is_int(vocab_size) or not 0 < vocab_size <= model_vocab:
-        raise SamplingError(f"vocab_size must be in 1..{model_vocab} (the model's vocabulary), got {vocab_size!r}")
+        raise SamplingError("vocab_size", f"must be in 1..{model_vocab} (the model's vocabulary), got {vocab_size!r}")
     if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < vocab_size):
-        raise SamplingError(f"stop_token must be a token id in 0..{vocab_size - 1}, got {stop_token!r}")
+        raise SamplingError("stop_token", f"must be a token id in 0..{vocab_size - 1}, got {stop_token!r}")
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
-        raise SamplingError("idx must be an integer tensor of shape (batch, tokens); wrap one prompt as idx[None]")
+        raise SamplingError("idx", "must be an integer tensor of shape (batch, tokens); wrap one prompt as idx[None]")
     if idx.size(0) == 0 or idx.size(1) == 0:
-        raise SamplingError(
-            f"idx has shape {tuple(idx.shape)}: give at least one token per sequence "
-            f"(for unconditional sampling start from <|endoftext|>, id 50256)"
-        )
+        raise SamplingError("idx", f"has shape {tuple(idx.shape)}: give at least one token per sequence (for "
+                                   f"unconditional sampling start from <|endoftext|>, id 50256)")
     if isinstance(seed, list) and len(seed) != idx.size(0):
-        raise SamplingError(f"seed is a list of {len(seed)} seeds for {idx.size(0)} sequences; give one per sequence")
+        raise SamplingError("seed", f"is a list of {len(seed)} seeds for {idx.size(0)} sequences; give one per sequence")
     low, high = int(idx.min()), int(idx.max())
     if low < 0 or high >= model_vocab:
-        raise SamplingError(f"idx holds token id {low if low < 0 else high}, outside the model's 0..{model_vocab - 1}")
+        raise SamplingError("idx", f"holds token id {low if low < 0 else high}, outside the model's 0..{model_vocab - 1}")
     return vocab_size
 
 
+# The smallest positive temperature: float32's smallest normal number. Below it the scaled logits are not
+# representable (1e-300 is 0 in float32); any temperature above it works (see sample_next).
+MIN_TEMPERATURE = float(torch.finfo(torch.float32).tiny)
+
+
 def check_sampling_settings(max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None) -> None:
-    """The checks that need no model (the CLI runs them before spending time on loading one)."""
+    """The checks that need no model (the CLI and the server run them before spending anything on a request)."""
     if not _is_int(max_new_tokens) or max_new_tokens <= 0:
-        raise SamplingError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise SamplingError("max_new_tokens", f"must be a positive integer, got {max_new_tokens!r}")
     if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
-        raise SamplingError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+        raise SamplingError("temperature", f"must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise SamplingError("temperature", f"must be 0 (greedy) or at least {MIN_TEMPERATURE:.3g}, got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k <= 0):
-        raise SamplingError(f"top_k must be a positive integer (or None for no top-k), got {top_k!r}")
+        raise SamplingError("top_k", f"must be a positive integer (or None for no top-k), got {top_k!r}")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
-        raise SamplingError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+        raise SamplingError("top_p", f"must be in (0, 1] (1 = off), got {top_p!r}")
     if isinstance(seed, list):
         if not all(_is_int(s) and 0 <= s < 2**64 for s in seed):
-            raise SamplingError(f"a list of seeds must hold integers in 0..2**64-1, one per sequence, got {seed!r}")
+            raise SamplingError("seed", f"must hold integers in 0..2**64-1, one per sequence, got {seed!r}")
     elif seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
-        raise SamplingError(f"seed must be an integer in 0..2**64-1 or None, got {seed!r}")
+        raise SamplingError("seed", f"must be an integer in 0..2**64-1 or None, got {seed!r}")
 
 
 def _is_number(value) -> bool:

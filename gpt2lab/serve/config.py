@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue, GPT2LabError
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Limits:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value < 1:
-                raise GPT2LabError(f"--{f.name.replace('_', '-')} must be at least 1, got {value}")
+                raise BadValue(f.name, f"must be at least 1, got {value}")
 
 
 @dataclass
@@ -40,9 +40,9 @@ class ServeConfig:
 
     def check(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise GPT2LabError(f"--port must be in 0..65535, got {self.port}")
+            raise BadValue("port", f"must be in 0..65535, got {self.port}")
         if self.batch_size < 1:
-            raise GPT2LabError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise BadValue("batch_size", f"must be at least 1, got {self.batch_size}")
         self.limits.check()
         parse_model_specs(self.models)
 

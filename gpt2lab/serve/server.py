@@ -11,7 +11,7 @@ import errno
 import signal
 import socket
 
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue, GPT2LabError
 from gpt2lab.serve.config import ServeConfig, parse_model_specs
 
 # The serve extra: what `pip install 'gpt2lab[serve]'` brings. Imported only when serving.
@@ -31,7 +31,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise GPT2LabError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+        raise BadValue("host", f"{host}: not an address of this machine ({e.strerror})") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
@@ -55,40 +55,29 @@ def url(host: str, port: int) -> str:
 
 
 def load_models(specs: list[tuple[str, str]], config: ServeConfig, tokenizer, log) -> list:
-    """Resolve every MODEL first (a bad one fails before any weights load), check each fits, then load them."""
-    from gpt2lab.runtime import memory
-    from gpt2lab.runtime.device import decoding_dtype, resolve_device
-    from gpt2lab.hf.format import read_config
+    """Resolve every MODEL first (a bad one fails before any weights load), check they fit, then load them."""
     from gpt2lab.model.gpt import load_model
-    from gpt2lab.hf.resolve import resolve_model_dir
+    from gpt2lab.runtime import memory
+    from gpt2lab.runtime.device import decoding_dtype, keep_freed_memory, resolve_device
+    from gpt2lab.sampling.texts import sampling_model_source
     from gpt2lab.serve.api import ServedModel
     from gpt2lab.serve.engine import Engine
 
     device = resolve_device(config.device)
     dtype = decoding_dtype(config.dtype, device)
-    found = []
-    for name, source in specs:
-        directory = resolve_model_dir(source)
-        arch = read_config(directory)
-        if arch.vocab_size < tokenizer.n_vocab:
-            raise GPT2LabError(f"{source} has a vocabulary of {arch.vocab_size} tokens, fewer than GPT-2's "
-                               f"{tokenizer.n_vocab}; serving needs a model trained on the GPT-2 tokenizer")
-        found.append((name, source, directory, arch))
+    found = [(name, source, *sampling_model_source(source, tokenizer)) for name, source in specs]
     # Each model's KV cache holds its whole context for every row, allocated up front.
-    needed = sum(memory.forward_bytes(arch, config.batch_size, arch.block_size, scored=1, cached=arch.block_size,
-                                      bytes_per_value=dtype.itemsize) for *_, arch in found)
-    memory.check_fits(f"--batch-size {config.batch_size}", needed, device, "for the models' KV caches")
+    needed = sum(memory.inference_bytes(arch, config.batch_size, arch.block_size, scored=1, cached=arch.block_size,
+                                        bytes_per_value=dtype.itemsize) for *_, arch in found)
+    memory.check_fits("batch_size", config.batch_size, needed, device, "for the models' KV caches")
     served = []
     for name, source, directory, arch in found:
         model = load_model(directory, device=device, dtype=dtype)
         engine = Engine(model, tokenizer, batch_size=config.batch_size)
         served.append(ServedModel(name, source, engine, arch.block_size))
-        params = model.num_parameters()
-        log(f"loaded {name} from {directory} ({params / 1e6:.1f}M parameters, context {arch.block_size}, "
-            f"{str(dtype).replace('torch.', '')} on {device})")
+        log(f"loaded {name} from {directory} ({model.num_parameters() / 1e6:.1f}M parameters, context "
+            f"{arch.block_size}, {str(dtype).replace('torch.', '')} on {device})")
     if device.type == "cpu":
-        from gpt2lab.runtime.device import keep_freed_memory
-
         keep_freed_memory()  # prefill buffers come and go every request: keep them instead of page-faulting
     return served
 

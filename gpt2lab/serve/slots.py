@@ -20,13 +20,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gpt2lab.model.gpt import ContextLengthError, causal_attention
+from gpt2lab.model.config import ContextLengthError
+from gpt2lab.model.gpt import causal_attention
 
 
 class SlotCache:
     def __init__(self, model, rows: int):
         config, weight = model.config, model.transformer.wte.weight
-        self.rows, self.block_size = rows, config.block_size
+        self.config, self.rows, self.block_size = config, rows, config.block_size
         shape = (config.n_layer, rows, config.n_head, config.block_size, config.head_dim)
         # Allocated once for the whole context of every row: a server's memory does not grow with its traffic.
         # Zeros, not empty: a decode step reads every row up to the longest row's length, masking what lies
@@ -56,8 +57,7 @@ class _Prefill:
         self.cache, self.first, self.lengths = cache, first, lengths
 
     def positions(self, T: int, device) -> torch.Tensor:
-        if T > self.cache.block_size:
-            raise ContextLengthError(f"prompt of {T} tokens is longer than the model's context of {self.cache.block_size}")
+        self.cache.config.check_context(T, "prompt")
         return torch.arange(T, dtype=torch.long, device=device)
 
     def attend(self, layer: int, q, k, v):
@@ -77,7 +77,7 @@ class _Decode:
         self.cache, self.count = cache, count
         lengths = cache.lengths[:count]
         if max(lengths) >= cache.block_size:
-            raise ContextLengthError(f"a row of the cache is full ({cache.block_size} positions)")
+            raise ContextLengthError("sequence", f"fills its row of the cache ({cache.block_size} positions)")
         device = cache.keys.device
         self.pos = torch.tensor(lengths, dtype=torch.long, device=device)
         self.span = max(lengths) + 1  # keys any row attends to: the longest row's, plus the new token

@@ -1,13 +1,14 @@
 """A training run's directory, defined once: what lives where (`RunDirectory`), and its metrics log.
 
     RUN/config.toml               the resolved training config (train/config.py writes and reads its text)
-    RUN/metrics.jsonl             one JSON object per line, always with "step" (`MetricsLog`, `read_metrics`)
+    RUN/metrics.jsonl             one JSON object per line, always with "step" (`read_metrics`; written by
+                                  gpt2lab.train.metrics.MetricsLog)
     RUN/samples.txt               text sampled during training
     RUN/tensorboard/              TensorBoard event files (log.tensorboard = true)
     RUN/wandb/, RUN/wandb_run_id  Weights & Biases' local files, and the id of the W&B run (log.wandb = "PROJECT"),
                                   so that --resume continues the same W&B run
     RUN/checkpoints/step_%08d/    a Hugging Face GPT-2 directory + training_state.pt (train/checkpointing.py)
-    RUN/.gpt2lab.lock             held by the one process that writes the run (dirlock.py)
+    RUN/.gpt2lab.lock             held by the one process that writes the run (storage/dirlock.py)
 
 A checkpoint is complete once it has config.json, which `hf_format.save_model` writes last; checkpoints are
 assembled under a `.tmp-` name and renamed, so a half-written one is never listed. Reading a run (its newest
@@ -20,14 +21,13 @@ This module sits below the model and the trainer (both use it), so it imports ne
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from pathlib import Path
 
-from gpt2lab.storage.atomic import TMP_PREFIX, atomic_write_text, reporting_refusals
+from gpt2lab.storage.atomic import TMP_PREFIX, atomic_write_text
 from gpt2lab.storage.dirlock import DirectoryLock
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue, GPT2LabError
 from gpt2lab.hf.format import CONFIG_JSON
 
 CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR = "config.toml", "metrics.jsonl", "samples.txt", "checkpoints"
@@ -78,7 +78,7 @@ class RunDirectory:
         if resume:
             checkpoint = self.latest_checkpoint()
             if checkpoint is None:
-                raise GPT2LabError(f"--resume: {self.path} has no complete checkpoint to resume from; "
+                raise BadValue("resume", f"found no complete checkpoint in {self.path} to resume from; "
                                    f"start the run without --resume")
             return checkpoint
         if self.holds_run() and not overwrite:
@@ -109,7 +109,7 @@ class RunDirectory:
         self.remove_stale_temporaries()
         atomic_write_text(self.config_file, config_toml)
         if resumed_step is not None:
-            MetricsLog.truncate(self.metrics_file, after_step=resumed_step)
+            truncate_metrics(self.metrics_file, after_step=resumed_step)
 
     def remove_stale_temporaries(self) -> None:
         """Half-written checkpoints of a killed run (they never became complete, nothing refers to them)."""
@@ -124,50 +124,22 @@ class RunDirectory:
 
 
 # ------------------------------------------------------------------------------------------------ metrics.jsonl
+# One JSON object per line, always with "step"; written by gpt2lab.train.metrics.MetricsLog.
 
 
-class MetricsLog:
-    """metrics.jsonl, the record of a run, and the dashboards that show it (`sinks`: TensorBoard, W&B; see
-    train/trackers.py): every record is written to the file first, then handed to each sink."""
-
-    def __init__(self, path, enabled: bool = True, sinks=()):
-        self.path, self.enabled, self.sinks = Path(path), enabled, list(sinks)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        # One short append per line: a crash loses at most that line.
-        with reporting_refusals(self.path), open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
-        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-        for sink in self.sinks:
-            sink.scalars(record["step"], values)
-
-    def write_text(self, step: int, name: str, text: str) -> None:
-        """Text for the dashboards (samples); the run directory keeps its own copy (samples.txt)."""
-        for sink in self.sinks if self.enabled else ():
-            sink.text(step, name, text)
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
-        self.sinks = []
-
-    @staticmethod
-    def truncate(path, after_step: int) -> None:
-        """Drop records after `after_step` (logged by a killed run past its last checkpoint), atomically."""
-        path = Path(path)
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= after_step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by the kill
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+def truncate_metrics(path, after_step: int) -> None:
+    """Drop records after `after_step` (logged by a killed run past its last checkpoint), atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= after_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def read_metrics(path) -> list[dict]:

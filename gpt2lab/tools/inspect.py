@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from gpt2lab.storage.atomic import atomic_path, writable_directory
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue
 
 FIGURE_SIZE = (8, 6)  # inches; at DPI below every PNG is 800 x 600 pixels
 DPI = 100
@@ -24,7 +24,7 @@ ATTENTION_BLOCK = 300  # the corner of the first layer's c_attn weight that is d
 DEFAULT_CHANNELS = (150, 200, 250)  # the channels the GPT-2 reproduction plots, when the model has them
 
 
-class InspectError(GPT2LabError, ValueError):
+class InspectError(BadValue):
     """Plot settings that cannot be used (a channel the model lacks, a plot directory that is a file)."""
 
 
@@ -98,12 +98,12 @@ def write_plots(model, directory, channels=None) -> list[Path]:
     """Write the three PNGs into `directory` (created if needed); returns their paths."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise InspectError(f"--plots {directory} is a file; pass a directory for the PNGs (it is created if missing)")
+        raise InspectError("plots", f"{directory} is a file; pass a directory for the PNGs (it is created if missing)")
     n_embd = model.config.n_embd
     channels = tuple(default_channels(n_embd) if channels is None else channels)
     bad = [c for c in channels if not 0 <= c < n_embd]
     if not channels or bad:
-        raise InspectError(f"channels must be in 0..{n_embd - 1} (the model's n_embd is {n_embd}), got {list(channels)}")
+        raise InspectError("channels", f"must be in 0..{n_embd - 1} (the model's n_embd is {n_embd}), got {list(channels)}")
     writable_directory(directory)  # permission denied, read-only filesystem, a file in the way higher up
 
     wpe = model.transformer.wpe.weight.detach().float().cpu()

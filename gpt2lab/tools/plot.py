@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from gpt2lab.storage.atomic import atomic_path, writable_file
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue, GPT2LabError
 from gpt2lab.storage.run_directory import RunDirectory, read_metrics
 
 BASELINE_VAL_LOSS = ("OpenAI GPT-2 124M (FineWeb-Edu val)", 3.2924)
@@ -62,10 +62,10 @@ def plot_runs(run_dirs, out, baselines: bool = True, x: str = "step", train: boo
     from matplotlib.figure import Figure
 
     if x not in ("step", "time"):
-        raise GPT2LabError(f"--x {x}: choose step or time")
+        raise BadValue("x", f"{x}: choose step or time")
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise GPT2LabError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
+        raise BadValue("out", f"{out}: the plot is a PNG; give a file name ending in .png")
     runs = []
     for run in map(Path, run_dirs):
         path = RunDirectory(run).metrics_file

@@ -15,7 +15,7 @@ previous checkpoint intact and the half-written one invisible.
 
 As in torchtitan, the trainer hands the Checkpointer its pieces of state by name, each an object with
 `state_dict()` / `load_state_dict()`: another piece of state (a second optimizer, say) is one more entry, not
-more checkpoint code.
+more checkpoint code. The step counter is one of them (`StepCounter`): it names the checkpoint directory too.
 """
 
 from __future__ import annotations
@@ -44,22 +44,24 @@ class Checkpointer:
     """
 
     def __init__(self, run: RunDirectory, model, ctx: distributed.DistContext, device: torch.device, *,
-                 states: dict, rank_states: dict, config: dict, keep: int, seed: int):
+                 progress: StepCounter, states: dict, rank_states: dict, config: dict, keep: int, seed: int):
         self.run, self.model, self.ctx, self.device = run, model, ctx, device
-        self.states, self.rank_states = states, rank_states
+        self.progress, self.states, self.rank_states = progress, {"step": progress, **states}, rank_states
         self.config, self.keep, self.seed = config, keep, seed
 
-    def save(self, step: int) -> None:
-        """Every rank calls this (each rank's state is gathered); rank 0 writes checkpoint `step`."""
+    def save(self) -> Path:
+        """Every rank calls this (each rank's state is gathered); rank 0 writes the checkpoint of the step done."""
         mine = {name: state.state_dict() for name, state in self.rank_states.items()}
         mine["rng"] = rng_state(self.device)
         every_rank = distributed.all_gather_object(mine)
+        path = self.run.checkpoint_dir(self.progress.step)
         if self.ctx.is_main:
             training_state = {name: state.state_dict() for name, state in self.states.items()}
             training_state.update({name: [rank[name] for rank in every_rank] for name in mine})
             training_state.update(world_size=self.ctx.world_size, config=self.config)
-            save_checkpoint(self.run, step, self.model, training_state, self.keep)
+            save_checkpoint(self.run, self.model, training_state, self.keep)
         distributed.barrier()
+        return path
 
     def load(self, checkpoint: Path) -> dict:
         """Restore every piece of state and this process's RNG from `checkpoint` (whose model the caller has
@@ -67,7 +69,7 @@ class Checkpointer:
         saved = load_training_state(checkpoint)
         for name, state in {**self.states, **self.rank_states}.items():
             state.load_state_dict(saved[name])
-        self._restore_rng(saved["rng"], int(saved["step"]))
+        self._restore_rng(saved["rng"], self.progress.step)
         return saved
 
     def _restore_rng(self, saved: list, step: int) -> None:
@@ -79,6 +81,19 @@ class Checkpointer:
             set_rng_state(saved[rank], self.device)
         else:
             torch.manual_seed(self.seed + rank + 1_000_003 * step)
+
+
+class StepCounter:
+    """The number of optimizer steps done: saved as the checkpoint's "step" (an int) and naming its directory."""
+
+    def __init__(self, step: int = 0):
+        self.step = step
+
+    def state_dict(self) -> int:
+        return self.step
+
+    def load_state_dict(self, step) -> None:
+        self.step = int(step)
 
 
 class OptionalState:
@@ -114,12 +129,13 @@ class SameOnEveryRank:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def save_checkpoint(run: RunDirectory, step: int, model, training_state: dict, keep: int) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` complete checkpoints."""
-    path = run.checkpoint_dir(step)
+def save_checkpoint(run: RunDirectory, model, training_state: dict, keep: int) -> Path:
+    """Write the checkpoint of training_state["step"] atomically, then delete all but the newest `keep` complete
+    checkpoints."""
+    path = run.checkpoint_dir(training_state["step"])
     with atomic_directory(path) as tmp:
         save_model(model, tmp)
-        torch.save({**training_state, "step": step}, tmp / STATE_FILE)
+        torch.save(training_state, tmp / STATE_FILE)
     run.prune_checkpoints(keep)
     return path
 

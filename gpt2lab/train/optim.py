@@ -1,12 +1,10 @@
-"""The optimizers (AdamW, or Muon for the blocks' matrices + AdamW for the rest) and the learning-rate schedules
-(warmup + cosine, or warmup-stable-decay)."""
-
-import math
+"""The optimizers: AdamW with decay groups, or Muon for the blocks' matrices + AdamW for the rest (the learning-rate
+schedules are schedule.py's)."""
 
 import torch
 
 from gpt2lab.runtime.device import native_bf16
-from gpt2lab.train.config import OptimSection, ScheduleSection
+from gpt2lab.train.config import OptimSection
 from gpt2lab.train.muon import CombinedOptimizer, Muon
 
 
@@ -77,40 +75,3 @@ def adamw_implementation(device: torch.device) -> dict:
     pass per arithmetic step) elsewhere. Same update as the plain per-parameter loop, only faster: on a 2-core
     CPU a gpt2 step takes 100 ms fused vs 330 ms foreach. (transformers' Trainer also defaults to fused.)"""
     return {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
-
-
-def lr_at(step: int, optim: OptimSection, schedule: ScheduleSection, peak: float | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based) of a group whose peak LR is `peak` (default optim.lr,
-    AdamW's): linear warmup, then cosine decay or (wsd) constant and a final linear cool-down, then the floor.
-
-    The floor is optim.min_lr scaled with the peak (Muon's floor is muon_lr * min_lr / lr), so every group follows
-    the same multiplier curve; for AdamW's groups peak / optim.lr is exactly 1 and the values are unchanged.
-    Warmup uses (step + 1) / warmup so the very first step already learns (nanoGPT's step-0 LR of 0 wastes it).
-    """
-    peak = optim.lr if peak is None else peak
-    floor = optim.min_lr * (peak / optim.lr)
-    warmup, max_steps = schedule.warmup_steps, schedule.max_steps
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if step >= max_steps:
-        return floor
-    if schedule.name == "wsd":  # warmup-stable-decay: the last decay_fraction of all steps cools down linearly
-        decay_start = max(warmup, max_steps - round(schedule.decay_fraction * max_steps))
-        if step < decay_start:
-            return peak
-        progress = (step - decay_start) / max(1, max_steps - decay_start)  # 0 -> 1 over the cool-down
-        return floor + (1.0 - progress) * (peak - floor)
-    progress = (step - warmup) / max(1, max_steps - warmup)  # 0 -> 1 over the decay
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-
-
-def group_peak_lr(group: dict, optim: OptimSection) -> float:
-    """A param group's peak LR, from the config (which a resume cannot change), not from the group itself."""
-    return optim.muon_lr if Muon.owns(group) else optim.lr
-
-
-def set_lr(optimizer, step: int, optim: OptimSection, schedule: ScheduleSection) -> float:
-    """Set every param group's LR for step `step`; returns AdamW's (the one logged as `lr`)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, optim, schedule, peak=group_peak_lr(group, optim))
-    return lr_at(step, optim, schedule)

@@ -1,45 +1,46 @@
 """The training loop: one code path for a laptop CPU, one GPU, and many GPUs on many machines (torchrun + DDP).
 
-    step = grad_accum micro-batches (forward, loss / grad_accum, backward; gradients sync on the last only)
-           -> clip -> AdamW (or Muon + AdamW) with the scheduled LR -> log -> (val loss, samples, HellaSwag, checkpoint)
+    set-up:  processes and device -> the run directory's lock -> the checkpoint to resume -> data, model, batch
+             -> the step (step.py) and its optimizer -> the checkpointer of every piece of state -> restore
+    loop:    step i (step.py: micro-steps, clip, optimizer) -> log -> val loss, samples, HellaSwag, checkpoint
 
-Everything that decides what the next step computes (weights, optimizer moments, loader position, RNG) is in the
-checkpoint, so `--resume` continues with bit-identical losses on CPU. Each step trains on the same tokens whatever
-the number of processes (for the same total batch), so a run may also resume with more or fewer processes: the
-same token stream, losses equal up to float rounding.
+Everything that decides what the next step computes (weights, optimizer moments, loader position, RNG, the step
+counter) is in the checkpoint, so `--resume` continues with bit-identical losses on CPU. Each step trains on the
+same tokens whatever the number of processes (for the same total batch), so a run may also resume with more or
+fewer processes: the same token stream, losses equal up to float rounding.
 """
 
+from __future__ import annotations
+
 import contextlib
-import dataclasses
 import math
-import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gpt2lab.runtime import distributed
-from gpt2lab.runtime import memory
-from gpt2lab.storage.atomic import OutputError, reporting_refusals
-from gpt2lab.runtime.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
-from gpt2lab.errors import GPT2LabError
+from gpt2lab.errors import BadValue, GPT2LabError
 from gpt2lab.model.gpt import GPT, load_model
-from gpt2lab.runtime.perf import flops_per_token, peak_flops
-from gpt2lab.storage.run_directory import MetricsLog, RunDirectory
-from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank
-from gpt2lab.train import plan
+from gpt2lab.runtime import distributed, memory
+from gpt2lab.runtime.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
+from gpt2lab.runtime.hardware import peak_flops
+from gpt2lab.runtime.perf import flops_per_token
+from gpt2lab.storage.atomic import OutputError
+from gpt2lab.storage.run_directory import RunDirectory
+from gpt2lab.train.batch import auto_batch_size, grad_accum_steps, with_batch_size
+from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank, StepCounter
 from gpt2lab.train.config import AUTO, TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
-from gpt2lab.train.metrics import StepTimer
-from gpt2lab.train.optim import describe_optimizer, make_optimizer, set_lr
+from gpt2lab.train.metrics import MetricsLog, StepTimer
+from gpt2lab.train.optim import describe_optimizer, make_optimizer
+from gpt2lab.train.parallel import ParallelModel
+from gpt2lab.train.schedule import set_lr
+from gpt2lab.train.step import NonFiniteStep, TrainStep
 from gpt2lab.train.trackers import check_trackers, make_sinks
-from gpt2lab.train.plan import grad_accum_steps
-
 
 # `peak_mem_mb` (the measured peak, to hold against `gpt2lab train --dry-run`'s estimate) is logged on the first
-# steps of each invocation, where a CPU's heap settles (gpt2lab.runtime.memory.CPU_HEAP_SLACK), and with every val loss.
+# steps of each invocation, where a CPU's heap settles, and with every val loss.
 PEAK_MEMORY_STEPS = 20
 
 
@@ -57,38 +58,9 @@ class TrainResult:
     exit_code: int = 0
 
 
-# ------------------------------------------------------------------------------------------------ pieces
-
-
-def train_step(model, batches, grad_accum: int, amp_dtype, scaler, device, ddp: bool) -> torch.Tensor:
-    """Forward/backward over `grad_accum` micro-batches; returns the mean loss (detached). Gradients accumulate.
-
-    Each micro-loss is divided by grad_accum, so the summed gradient is the gradient of the mean loss over the
-    whole step's tokens, exactly as one big batch would give. Under DDP the all-reduce of gradients is skipped
-    (`no_sync`) for all but the last micro-step; the context is entered before that micro-step's forward pass,
-    which is where DDP decides whether its backward hooks will synchronise.
-    """
-    loss_sum = torch.zeros((), device=device)
-    for micro_step in range(grad_accum):
-        x, y = next(batches)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        last = micro_step == grad_accum - 1
-        sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
-        with sync:
-            with autocast(device, amp_dtype):
-                loss = model(x, y)[1]  # not the logits: nothing needs them, and they are the size of the vocabulary
-            loss = loss / grad_accum
-            loss_sum += loss.detach()
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-    return loss_sum
-
-
 def batch_iterator(loader):
     while True:
         yield loader.next_batch()
-
-
-# ------------------------------------------------------------------------------------------------ the trainer
 
 
 class Trainer:
@@ -99,8 +71,14 @@ class Trainer:
         self.progress = progress
         self._log = log or print
         self.stop_signal = None
-        self.ctx, self.step = distributed.DistContext(), 0
+        self.ctx = distributed.DistContext()
+        self.counter = StepCounter()
         self.metrics: MetricsLog | None = None  # set up by setup()
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done (the checkpointed counter)."""
+        return self.counter.step
 
     def log(self, line: str) -> None:
         if self.ctx.is_main:
@@ -109,56 +87,47 @@ class Trainer:
     # --- set-up ---------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        cfg = self.config
-        check_trackers(cfg.log)  # a missing tracker package is one line now, not an error after the first steps
-        if cfg.runtime.threads:
-            torch.set_num_threads(cfg.runtime.threads)
-        device = resolve_device(cfg.runtime.device)
-        self.ctx = distributed.setup(device)
-        self.device = distributed.process_device(device, self.ctx)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput, loss unaffected
-            torch.backends.cudnn.allow_tf32 = True
-            memory.cuda_context_bytes(self.device)  # taken now, before the model: the context alone
-        else:
-            keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
-
+        check_trackers(self.config.log)  # a missing tracker package is one line now, not after the first steps
+        self.device = self._start_processes()
         self._lock_run_dir()
-        checkpoint = self._checkpoint_to_resume()  # every rank checks before rank 0 writes anything
-        cfg = self.config  # a resumed "auto" batch size is the run's own
-        self._check_data()
-        self.raw_model = self._make_model(checkpoint)
-        self.amp_dtype = autocast_dtype(cfg.runtime.precision, self.device)
-        if cfg.data.batch_size == AUTO:
-            self.config = cfg = self._auto_batch_size()  # the resolved number is what config.toml and resume see
+        checkpoint, config = self._resume_point()  # every rank checks before rank 0 writes anything
+        self.data_vocab_size, self.eot_token = self._check_data(config)
+        self.raw_model = self._make_model(config, checkpoint)
+        self.amp_dtype = autocast_dtype(config.runtime.precision, self.device)
+        if config.data.batch_size == AUTO:
+            config = with_batch_size(config, auto_batch_size(self.raw_model, config.data, config.optim.name,
+                                                             self.device, self.amp_dtype, self.ctx, log=self.log))
+        self.config = cfg = config  # the resolved config: what config.toml records and a resume compares with
         self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
                                            self.ctx.world_size, cfg.data.grad_accum)
         self.train_loader, self.val_loader = self._make_loaders()
         self._check_memory()
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-        self.optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
-        self.checkpointer = self._make_checkpointer()
-        self.step = 0
+        self.model = ParallelModel(self.raw_model, self.ctx, self.device, compile=cfg.runtime.compile)
+        optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
+        self.train_step = TrainStep(self.model, optimizer, device=self.device, amp_dtype=self.amp_dtype,
+                                    grad_accum=self.grad_accum, grad_clip=cfg.optim.grad_clip,
+                                    schedule=lambda i: set_lr(optimizer, i, cfg.optim, cfg.schedule))
+        self.checkpointer = self._make_checkpointer(optimizer)
         if checkpoint is not None:
             self._restore(checkpoint)
-
-        model = self.raw_model
-        if cfg.runtime.compile:
-            model = torch.compile(model)  # evaluation, sampling and checkpoints keep using self.raw_model
-        if self.ctx.enabled:
-            model = DDP(model, device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None)
-        self.model = model
         self.hellaswag = self._load_hellaswag()
-        distributed.barrier()
-        if self.ctx.is_main:
-            resumed_step = self.step if checkpoint is not None else None
-            self.run_dir.prepare(to_toml(cfg), overwrite=self.overwrite, resumed_step=resumed_step)
-        distributed.barrier()
-        sinks = []  # dashboards: rank 0 only, like metrics.jsonl
-        if self.ctx.is_main:
-            resumed_step = self.step if checkpoint is not None else None
-            sinks = make_sinks(cfg.log, self.run_dir, cfg.to_dict(), resumed_step)
-        self.metrics = MetricsLog(self.run_dir.metrics_file, enabled=self.ctx.is_main, sinks=sinks)
+        self._prepare_run_dir(resumed=checkpoint is not None)
+
+    def _start_processes(self) -> torch.device:
+        """This process's device, in the process group when torchrun started it, with the device's speed-ups."""
+        runtime = self.config.runtime
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+        device = resolve_device(runtime.device)
+        self.ctx = distributed.setup(device)
+        device = distributed.process_device(device, self.ctx)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput, loss unaffected
+            torch.backends.cudnn.allow_tf32 = True
+            memory.cuda_context_bytes(device)  # taken now, before the model: the context alone
+        else:
+            keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
+        return device
 
     def _lock_run_dir(self) -> None:
         """Rank 0 takes the run directory's lock (creating the directory) before anything else touches it; every
@@ -175,31 +144,49 @@ class Trainer:
         if refusal is not None:
             raise GPT2LabError(refusal)
 
-    def _checkpoint_to_resume(self) -> Path | None:
-        """The checkpoint to resume from (or None), once the run directory and the config allow it."""
+    def _resume_point(self) -> tuple[Path | None, TrainConfig]:
+        """The checkpoint to resume from (or None), and the config to run: the given one, once the run directory
+        allows it; a resumed data.batch_size of "auto" is the number the run chose when it started."""
         checkpoint = self.run_dir.checkpoint_to_resume(self.resume, self.overwrite)
-        if checkpoint is not None:
-            saved = resolve_config(base=read_run_config(self.run_dir.path))
-            if self.config.data.batch_size == AUTO:  # chosen when the run started: the token stream depends on it
-                self.config = dataclasses.replace(self.config, data=dataclasses.replace(
-                    self.config.data, batch_size=saved.data.batch_size))
-                self.log(f"data.batch_size auto: {saved.data.batch_size}, as the run chose when it started")
-            differences = incompatible_fields(saved, self.config)
-            if differences:
-                raise GPT2LabError(f"--resume: the config differs from the run's saved config in "
-                                   f"{'; '.join(differences)}; resume with the original values or start a new run")
-        return checkpoint
+        config = self.config
+        if checkpoint is None:
+            return None, config
+        saved = resolve_config(base=read_run_config(self.run_dir.path))
+        if config.data.batch_size == AUTO:  # chosen when the run started: the token stream depends on it
+            config = with_batch_size(config, saved.data.batch_size)
+            self.log(f"data.batch_size auto: {saved.data.batch_size}, as the run chose when it started")
+        differences = incompatible_fields(saved, config)
+        if differences:
+            raise BadValue("resume", f"cannot continue this run: the config differs from the run's saved config in "
+                               f"{'; '.join(differences)}; resume with the original values or start a new run")
+        return checkpoint, config
 
-    def _check_data(self) -> None:
+    @staticmethod
+    def _check_data(config: TrainConfig) -> tuple[int, int]:
+        """(vocabulary size, <|endoftext|> id) of the prepared data, once it fits a model trained from scratch."""
         from gpt2lab.data import read_manifest
+        from gpt2lab.data.manifest import check_vocabulary
 
-        manifest = read_manifest(self.config.data.dir)
-        self.data_vocab_size = manifest["vocab_size"]
-        if manifest["vocab_size"] > self.config.model.vocab_size and self.config.model.init == "scratch":
-            raise GPT2LabError(f"{self.config.data.dir} has token ids up to {manifest['vocab_size'] - 1} but "
-                               f"model.vocab_size is {self.config.model.vocab_size}; set model.vocab_size="
-                               f"{manifest['vocab_size']} or more (50304 is the fast choice)")
-        self.eot_token = manifest["eot_token"]
+        manifest = read_manifest(config.data.dir)
+        if config.model.init == "scratch":
+            check_vocabulary(config.data.dir, manifest, config.model.vocab_size, "model.vocab_size")
+        return manifest["vocab_size"], manifest["eot_token"]
+
+    def _make_model(self, config: TrainConfig, checkpoint) -> GPT:
+        from gpt2lab.data.manifest import check_vocabulary
+
+        if checkpoint is not None:
+            model = load_model(checkpoint, device=self.device)
+        elif config.model.init == "scratch":
+            torch.manual_seed(config.runtime.seed)  # same initial weights on every rank (DDP also broadcasts them)
+            model = GPT(config.model.gpt_config()).to(self.device)
+        else:
+            model = load_model(config.model.init, device=self.device, dtype=torch.float32)  # fine-tuning
+            check_vocabulary(config.data.dir, {"vocab_size": self.data_vocab_size}, model.config.vocab_size,
+                             f"the vocabulary of {config.model.init}")
+        model.config.check_context(config.data.seq_len, "data.seq_len", "lower it or raise model.block_size")
+        torch.manual_seed(config.runtime.seed + self.ctx.rank)
+        return model.train()
 
     def _make_loaders(self):
         from gpt2lab.data import TokenLoader
@@ -213,78 +200,41 @@ class Trainer:
                           shuffle=False)
         return train, val
 
-    def _make_model(self, checkpoint) -> GPT:
-        cfg = self.config
-        if checkpoint is not None:
-            model = load_model(checkpoint, device=self.device)
-        elif cfg.model.init == "scratch":
-            torch.manual_seed(cfg.runtime.seed)  # same initial weights on every rank (DDP also broadcasts them)
-            model = GPT(cfg.model.gpt_config()).to(self.device)
-        else:
-            model = load_model(cfg.model.init, device=self.device, dtype=torch.float32)  # fine-tuning
-            if self.data_vocab_size > model.config.vocab_size:
-                raise GPT2LabError(f"model {cfg.model.init} has a vocabulary of {model.config.vocab_size} but the "
-                                   f"data uses {self.data_vocab_size} token ids")
-        if cfg.data.seq_len > model.config.block_size:
-            raise GPT2LabError(f"data.seq_len ({cfg.data.seq_len}) is longer than the model's context "
-                               f"({model.config.block_size}); lower data.seq_len or raise model.block_size")
-        torch.manual_seed(cfg.runtime.seed + self.ctx.rank)
-        return model.train()
-
-    def _auto_batch_size(self) -> TrainConfig:
-        """data.batch_size = "auto": the largest micro-batch whose estimated step fits this device (plan.py), run
-        once for real (forward + backward; on a GPU, smaller ones after an out-of-memory error), the same on every
-        rank. The accumulation then follows from data.total_batch_tokens, which stays as it is."""
-        cfg, arch, world = self.config, self.raw_model.config, self.ctx.world_size
-        device = plan.device_spec(self.device, self.amp_dtype)
-        params = plan.parameter_counts(arch, cfg.optim.name)
-        resident = 4 * params.total if self.device.type == "cpu" else 0  # the model, already built
-        model = plan.MemoryModel(arch, params, device, world, plan.runtime_bytes(device, cfg.optim.name) - resident)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if self.device.type == "cpu" else 1
-        chosen = plan.choose_batch_size(model, cfg.data.total_batch_tokens, cfg.data.seq_len, local)
-        choices = [b for b in plan.batch_size_choices(cfg.data.total_batch_tokens, cfg.data.seq_len, world)
-                   if b <= chosen]
-        hold_back = model.estimate(chosen, cfg.data.seq_len, 1).optimizer + (4 * params.total if world > 1 else 0)
-        chosen = plan.confirm_batch_size(self.raw_model, choices, cfg.data.seq_len, self.device, self.amp_dtype,
-                                         hold_back, log=self.log)
-        chosen = min(distributed.all_gather_object(chosen))
-        accum = cfg.data.total_batch_tokens // (chosen * cfg.data.seq_len * world)
-        estimate = model.estimate(chosen, cfg.data.seq_len, accum).total
-        self.log(f"data.batch_size auto: {chosen} ({accum} micro-step(s) per step of {cfg.data.total_batch_tokens:,} "
-                 f"tokens; ~{estimate / 2**30:.2f} GiB per process estimated, "
-                 f"{_size_or_unknown(device.memory_bytes)} {device.name} has; ran a forward + backward)")
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=chosen))
-
     def _check_memory(self) -> None:
-        """On a CPU, refuse a micro-batch that cannot fit in memory before the first step tries (and the OOM
+        """On a CPU, refuse a micro-batch whose step cannot fit in memory before the first step tries (and the OOM
         killer ends it, or something else). A GPU reports its own out-of-memory error, so it is not checked."""
         if self.device.type != "cpu":
             return
-        data, samples, arch = self.config.data, self.config.eval, self.raw_model.config
-        per_process = memory.forward_bytes(arch, data.batch_size, data.seq_len, training=True,
-                                           bytes_per_value=(self.amp_dtype or torch.float32).itemsize)
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun: each process on this machine has one
-        shape = f"x data.seq_len {data.seq_len}" + (f", x {processes} processes here" if processes > 1 else "")
-        memory.check_fits(f"data.batch_size {data.batch_size} ({shape})", per_process * processes, self.device,
-                          "for one training micro-step")
+        from gpt2lab.runtime.hardware import device_spec
+        from gpt2lab.train.batch import StepMemory, parameter_counts
+
+        cfg, arch = self.config, self.raw_model.config
+        processes = self.ctx.local_world_size  # torchrun: the processes on this machine share its memory
+        params = parameter_counts(arch, cfg.optim.name)
+        # the weights and the process itself are resident already, and so not in the available memory
+        step = StepMemory(arch, params, device_spec(self.device, self.amp_dtype), self.ctx.world_size, runtime=0)
+        needed = step.estimate(cfg.data.batch_size, cfg.data.seq_len, self.grad_accum).total - 4 * params.total
+        shape = f"(x data.seq_len {cfg.data.seq_len}" + (f", x {processes} processes here)" if processes > 1 else ")")
+        memory.check_fits("data.batch_size", f"{cfg.data.batch_size} {shape}", needed * processes, self.device,
+                          "for one training step")
+        samples = cfg.eval
         if samples.sample_every and samples.sample_count:  # rank 0 samples all of them in one batch
-            sampling = memory.forward_bytes(arch, samples.sample_count, arch.block_size, scored=1,
-                                            cached=arch.block_size)
-            memory.check_fits(f"eval.sample_count {samples.sample_count}", sampling, self.device,
+            sampling = memory.inference_bytes(arch, samples.sample_count, arch.block_size, scored=1,
+                                              cached=arch.block_size)
+            memory.check_fits("eval.sample_count", samples.sample_count, sampling, self.device,
                               "to sample during training")
 
-    def _make_checkpointer(self) -> Checkpointer:
+    def _make_checkpointer(self, optimizer) -> Checkpointer:
         """The trainer's pieces of state, by name: with the weights and each process's RNG (which the checkpointer
         saves itself), everything that decides what the next step computes."""
-        return Checkpointer(self.run_dir, self.raw_model, self.ctx, self.device,
-                            states={"optimizer": self.optimizer, "scaler": OptionalState(self.scaler)},
+        return Checkpointer(self.run_dir, self.raw_model, self.ctx, self.device, progress=self.counter,
+                            states={"optimizer": optimizer, "scaler": OptionalState(self.train_step.scaler)},
                             rank_states={"loader": SameOnEveryRank(self.train_loader)},
                             config=self.config.to_dict(), keep=self.config.checkpoint.keep,
                             seed=self.config.runtime.seed)
 
     def _restore(self, checkpoint: Path) -> None:
         saved = self.checkpointer.load(checkpoint)  # the weights came with the model (_make_model)
-        self.step = int(saved["step"])
         self.log(f"resuming from {checkpoint} (step {self.step})")
         saved_world = int(saved["world_size"])
         if saved_world != self.ctx.world_size:
@@ -297,7 +247,23 @@ class Trainer:
             return None
         from gpt2lab.eval.hellaswag import load_examples, tokenize
 
-        return tokenize(load_examples(eval_cfg.hellaswag_data or None, limit=eval_cfg.hellaswag_limit or None))
+        try:
+            examples = load_examples(eval_cfg.hellaswag_data or None, limit=eval_cfg.hellaswag_limit or None)
+        except BadValue as e:  # the library names its parameters; here they are config keys
+            raise GPT2LabError(e.named(f"eval.hellaswag_{e.param}")) from None
+        return tokenize(examples)
+
+    def _prepare_run_dir(self, resumed: bool) -> None:
+        """Rank 0 writes config.toml (and forgets the metrics a killed run logged past its checkpoint) and opens
+        the metrics log with its dashboards; the other ranks wait for it."""
+        distributed.barrier()
+        resumed_step = self.step if resumed else None
+        sinks = []  # dashboards: rank 0 only, like metrics.jsonl
+        if self.ctx.is_main:
+            self.run_dir.prepare(to_toml(self.config), overwrite=self.overwrite, resumed_step=resumed_step)
+            sinks = make_sinks(self.config.log, self.run_dir, self.config.to_dict(), resumed_step)
+        distributed.barrier()
+        self.metrics = MetricsLog(self.run_dir.metrics_file, enabled=self.ctx.is_main, sinks=sinks)
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -336,35 +302,19 @@ class Trainer:
         previous = self._install_signal_handlers()
         try:
             while self.step < max_steps:
-                it = self.step  # 0-based index of the step being computed; metrics use steps done (it + 1)
-                lr = set_lr(self.optimizer, it, cfg.optim, cfg.schedule)  # every group, each from its own peak
                 timer.start()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_t = train_step(self.model, batches, self.grad_accum, self.amp_dtype, self.scaler, self.device,
-                                    self.ctx.enabled)
-                distributed.all_reduce_mean(loss_t)
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                # Clipping scales all gradients (Muon's and AdamW's) by one factor, before either optimizer. Muon's
-                # orthogonalised update is scale-free, so for its matrices clipping only changes how much this
-                # step's gradient weighs in the momentum buffer, not the size of the step.
-                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-                norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip))
-                loss = float(loss_t)
-                if not math.isfinite(loss) or (self.scaler is None and not math.isfinite(norm)):
-                    raise self._diverged(it + 1, loss, norm)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
+                try:
+                    result = self.train_step(self.step, batches)
+                except NonFiniteStep as e:
+                    raise self._diverged(self.step + 1, e.loss, e.grad_norm) from None
                 timing = timer.stop(cfg.data.total_batch_tokens)
-                self.step = it + 1
-                self._log_step(bar, loss, lr, norm, timing)
+                self.counter.step += 1
+                loss = result.loss
+                self._log_step(bar, result, timing)
                 val = self._periodic(max_steps)
                 val_loss = val if val is not None else val_loss
                 if self._stop_requested():
-                    self.checkpointer.save(self.step)
+                    self.checkpointer.save()
                     self.log(f"stopped by {self.stop_signal} at step {self.step}: checkpoint saved; continue with "
                              f"the same command plus --resume")
                     return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
@@ -390,16 +340,16 @@ class Trainer:
             self.log(f"step {step}: val loss {val_loss:.4f}")
         if eval_cfg.hellaswag_every and due(eval_cfg.hellaswag_every):
             self._hellaswag()
-        if eval_cfg.sample_every and eval_cfg.sample_count and due(eval_cfg.sample_every) and self.ctx.is_main:
+        if eval_cfg.sample_every and eval_cfg.sample_count and eval_cfg.sample_tokens and due(eval_cfg.sample_every) \
+                and self.ctx.is_main:
             self._write_samples()
         if due(self.config.checkpoint.every) or last:
-            self.checkpointer.save(self.step)
+            self.checkpointer.save()
         return val_loss
 
     def _peak_memory(self) -> dict:
-        # The highest reading so far, not the last: Linux's VmHWM is max(recorded high-water mark, resident size now),
-        # the kernel records the high-water mark only at some events (unmapping, exit), and the resident size is
-        # read from per-CPU counters that lag by a few hundred KiB, so two readings can go down by that much.
+        # The highest reading so far, not the last: Linux's VmHWM can read a few hundred KiB lower than a moment
+        # before (its resident size comes from per-CPU counters that lag).
         peak = memory.peak_bytes(self.device)
         if peak is None:
             return {}
@@ -442,22 +392,21 @@ class Trainer:
         self.metrics.write({"step": self.step, "hellaswag_acc": result.acc, "hellaswag_acc_norm": result.acc_norm})
         self.log(f"step {self.step}: hellaswag acc {result.acc:.4f} acc_norm {result.acc_norm:.4f} (n={result.n})")
 
-    @torch.no_grad()
     def _write_samples(self) -> None:
-        from gpt2lab.sampling.decode import generate
+        from gpt2lab.sampling.texts import SampleSettings, prompt_tokens, sample_tokens
+        from gpt2lab.storage.atomic import reporting_refusals
         from gpt2lab.tokenizer import get_tokenizer
 
-        eval_cfg, tok = self.config.eval, get_tokenizer()
-        model = self.raw_model
+        eval_cfg, tokenizer, model = self.config.eval, get_tokenizer(), self.raw_model
+        settings = SampleSettings(max_new_tokens=eval_cfg.sample_tokens, top_k=eval_cfg.sample_top_k or None,
+                                  stop_at_end_of_text=False)
+        prompt = prompt_tokens(tokenizer, eval_cfg.sample_prompt, model.config.block_size)
         model.eval()
-        prompt = tok.encode(eval_cfg.sample_prompt) or [self.eot_token]
-        idx = torch.tensor([prompt] * eval_cfg.sample_count, dtype=torch.long, device=self.device)
-        max_new = max(0, min(eval_cfg.sample_tokens, model.config.block_size - idx.size(1)))
-        # generate uses its own seeded generator: the training RNG stream (and so exact resume) is untouched
-        out = generate(model, idx, max_new, temperature=1.0, top_k=eval_cfg.sample_top_k or None,
-                       seed=self.config.runtime.seed + self.step, vocab_size=min(tok.n_vocab, model.config.vocab_size))
+        # each sample draws from a generator of its own: the training RNG stream (and so exact resume) is untouched
+        rows = sample_tokens(model, tokenizer, prompt, settings, seed=self.config.runtime.seed + self.step,
+                             count=eval_cfg.sample_count, batch_size=eval_cfg.sample_count)
+        texts = [tokenizer.decode(prompt + row) for _, row in rows]
         model.train()
-        texts = [tok.decode([t for t in row.tolist() if t < tok.n_vocab]) for row in out]
         block = "".join(f"--- step {self.step}, sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
         path = self.run_dir.samples_file
         with reporting_refusals(path), open(path, "a", encoding="utf-8") as f:
@@ -474,8 +423,8 @@ class Trainer:
 
         return tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=False)
 
-    def _log_step(self, bar, loss, lr, norm, timing) -> None:
-        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, **timing}
+    def _log_step(self, bar, result, timing) -> None:
+        record = {"step": self.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm, **timing}
         self.steps_logged += 1
         if self.steps_logged <= PEAK_MEMORY_STEPS:
             record.update(self._peak_memory())
@@ -483,8 +432,8 @@ class Trainer:
         if not self.ctx.is_main:
             return
         mfu = f" | mfu {timing['mfu'] * 100:.1f}%" if "mfu" in timing else ""
-        line = (f"step {self.step:>6}/{self.config.schedule.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                f"norm {norm:.3f} | {timing['ms_per_step']:.0f} ms | {timing['tokens_per_s']:,.0f} tok/s{mfu}")
+        line = (f"step {self.step:>6}/{self.config.schedule.max_steps} | loss {result.loss:.4f} | lr {result.lr:.2e} | "
+                f"norm {result.grad_norm:.3f} | {timing['ms_per_step']:.0f} ms | {timing['tokens_per_s']:,.0f} tok/s{mfu}")
         if bar is not None:
             bar.write(line)  # printed above the bar, which stays at the bottom
             bar.update(1)
@@ -519,10 +468,6 @@ class Trainer:
         if flag.item() > 0 and self.stop_signal is None:
             self.stop_signal = "a signal on another rank"
         return flag.item() > 0
-
-
-def _size_or_unknown(n: int | None) -> str:
-    return "unknown memory" if n is None else f"{n / 2**30:.1f} GiB"
 
 
 def train(config: TrainConfig, run_dir, resume=False, overwrite=False, log=None, progress=True) -> TrainResult:

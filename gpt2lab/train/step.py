@@ -1,0 +1,103 @@
+"""The training step, written once: the trainer, `gpt2lab bench`, the planner's trial and the scripts all run it.
+
+    step(i, batches):  every group's LR for step i  ->  zero the gradients  ->  grad_accum micro-steps (forward
+                       in the autocast precision, loss / grad_accum, backward; gradients sync on the last only)
+                       ->  the mean loss over processes  ->  unscale (fp16)  ->  clip the global norm  ->  refuse a
+                       non-finite loss or norm  ->  optimizer step (through the GradScaler under fp16)
+
+Each micro-loss is divided by grad_accum, so the summed gradient is the gradient of the mean loss over the whole
+step's tokens, exactly as one big batch would give.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from gpt2lab.runtime import distributed
+from gpt2lab.runtime.device import autocast
+from gpt2lab.train.parallel import ParallelModel
+
+
+class NonFiniteStep(FloatingPointError):
+    """The loss or the gradient norm of a step was NaN or infinite; the optimizer did not step."""
+
+    def __init__(self, loss: float, grad_norm: float):
+        super().__init__(f"loss {loss}, grad norm {grad_norm}")
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+@dataclass
+class StepResult:
+    loss: float  # the mean over the step's tokens, all processes
+    grad_norm: float  # before clipping
+    lr: float | None  # AdamW's LR of the step, as the schedule set it (None: no schedule)
+
+
+def gpt_loss(model, x, y):
+    """Our GPT's mean cross-entropy; not the logits, which nothing needs and which are the size of the vocabulary."""
+    return model(x, y)[1]
+
+
+class TrainStep:
+    """One optimizer step of `model` over `grad_accum` micro-batches.
+
+    grad_clip: the global norm to clip to (0: none; the norm is still measured); schedule: step index -> LR, setting
+    every param group's (None: the optimizer's LRs as they are); loss_fn(model, x, y): the scalar loss (another
+    implementation's, for `gpt2lab bench`). Under fp16 the step owns the GradScaler, a piece of the run's state.
+    """
+
+    def __init__(self, model: ParallelModel, optimizer, *, device, amp_dtype=None, grad_accum: int = 1,
+                 grad_clip: float = 0.0, schedule: Callable[[int], float] | None = None,
+                 loss_fn: Callable = gpt_loss):
+        self.model, self.optimizer = model, optimizer
+        self.device, self.amp_dtype, self.grad_accum = torch.device(device), amp_dtype, grad_accum
+        self.max_norm = grad_clip if grad_clip > 0 else math.inf
+        self.schedule, self.loss_fn = schedule, loss_fn
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
+
+    def __call__(self, step: int, batches: Iterator) -> StepResult:
+        lr = self.schedule(step) if self.schedule is not None else None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_t = self.forward_backward(batches)
+        distributed.all_reduce_mean(loss_t)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        # Clipping scales all gradients (Muon's and AdamW's) by one factor, before either optimizer. Muon's
+        # orthogonalised update is scale-free, so for its matrices clipping only changes how much this step's
+        # gradient weighs in the momentum buffer, not the size of the step.
+        norm = self.model.clip_grad_norm(self.max_norm)
+        loss = float(loss_t)
+        # Under fp16 an infinite norm is the scaler's business: it skips that step and lowers the scale.
+        if not math.isfinite(loss) or (self.scaler is None and not math.isfinite(norm)):
+            raise NonFiniteStep(loss, norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return StepResult(loss, norm, lr)
+
+    def forward_backward(self, batches: Iterator) -> torch.Tensor:
+        """The micro-steps: forward and backward over `grad_accum` batches from `batches`; gradients accumulate.
+        Returns the mean loss (detached) over them, on this process."""
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_step in range(self.grad_accum):
+            x, y = next(batches)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.model.sync_gradients(micro_step == self.grad_accum - 1):
+                with autocast(self.device, self.amp_dtype):
+                    loss = self.loss_fn(self.model, x, y)
+                loss = loss / self.grad_accum
+                loss_sum += loss.detach()
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss_sum
+
+
+def repeat(batch) -> Iterator:
+    """The same (x, y) batch again and again: what a benchmark or a trial step trains on."""
+    while True:
+        yield batch
