@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from gpt2lab.cli import main
 from gpt2lab.train import train
-from gpt2lab.train import trainer as trainer_module
+from gpt2lab.train.console import StopSignals
 from test_train_loop import metrics, quiet, write_hellaswag
 from train_utils import cli_flags, tiny_config, write_dataset
 
@@ -93,10 +93,10 @@ def test_wandb_offline_gets_the_metrics_and_resume_continues_the_same_run(tmp_pa
     run = tmp_path / "run"
     config = tracked_config(tmp_path, log__wandb="gpt2lab-tests", log__wandb_run_name="tiny")
     # stop after step 4 as Ctrl-C would (a checkpoint at 4), then resume to step 6
-    real = trainer_module.Trainer._stop_requested
-    monkeypatch.setattr(trainer_module.Trainer, "_stop_requested", lambda self: self.step == 4 or real(self))
+    real = StopSignals.requested
+    monkeypatch.setattr(StopSignals, "requested", lambda self: self.current_step() == 4 or real(self))
     assert train(config, run, log=quiet).step == 4
-    monkeypatch.setattr(trainer_module.Trainer, "_stop_requested", real)
+    monkeypatch.setattr(StopSignals, "requested", real)
     assert train(config, run, resume=True, log=quiet).step == 6
 
     run_id = (run / "wandb_run_id").read_text().strip()

@@ -12,10 +12,7 @@ fewer processes: the same token stream, losses equal up to float rounding.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from gpt2lab.storage.atomic import OutputError
 from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train.batch import auto_batch_size, grad_accum_steps, with_batch_size
 from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank, StepCounter
+from gpt2lab.train.console import StepPrinter, StopSignals
 from gpt2lab.train.config import AUTO, TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer
@@ -70,7 +68,6 @@ class Trainer:
         self.resume, self.overwrite = resume, overwrite
         self.progress = progress
         self._log = log or print
-        self.stop_signal = None
         self.ctx = distributed.DistContext()
         self.counter = StepCounter()
         self.metrics: MetricsLog | None = None  # set up by setup()
@@ -296,35 +293,33 @@ class Trainer:
         timer = StepTimer(self.device, flops_per_token(n_params, arch.n_layer, arch.n_embd, cfg.data.seq_len),
                           peak_flops(self.device), self.ctx.world_size)
         batches = batch_iterator(self.train_loader)
-        bar = self._progress_bar(max_steps)
+        printer = StepPrinter(self.log, max_steps, self.step, self.progress, self.ctx.is_main)
         self.steps_logged, self.peak_seen = 0, 0
         loss = val_loss = math.nan
-        previous = self._install_signal_handlers()
         try:
-            while self.step < max_steps:
-                timer.start()
-                try:
-                    result = self.train_step(self.step, batches)
-                except NonFiniteStep as e:
-                    raise self._diverged(self.step + 1, e.loss, e.grad_norm) from None
-                timing = timer.stop(cfg.data.total_batch_tokens)
-                self.counter.step += 1
-                loss = result.loss
-                self._log_step(bar, result, timing)
-                val = self._periodic(max_steps)
-                val_loss = val if val is not None else val_loss
-                if self._stop_requested():
-                    self.checkpointer.save()
-                    self.log(f"stopped by {self.stop_signal} at step {self.step}: checkpoint saved; continue with "
-                             f"the same command plus --resume")
-                    return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
+            with StopSignals(self.log, self.device, self.ctx, lambda: self.step) as signals:
+                while self.step < max_steps:
+                    timer.start()
+                    try:
+                        result = self.train_step(self.step, batches)
+                    except NonFiniteStep as e:
+                        raise self._diverged(self.step + 1, e.loss, e.grad_norm) from None
+                    timing = timer.stop(cfg.data.total_batch_tokens)
+                    self.counter.step += 1
+                    loss = result.loss
+                    self._log_step(printer, result, timing)
+                    val = self._periodic(max_steps)
+                    val_loss = val if val is not None else val_loss
+                    if signals.requested():
+                        self.checkpointer.save()
+                        self.log(f"stopped by {signals.name} at step {self.step}: checkpoint saved; continue with "
+                                 f"the same command plus --resume")
+                        return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
         except OutputError as e:  # the disk filled up (or went read-only) mid-run
             raise OutputError(f"{e}; training stopped at step {self.step}: {self._last_good_checkpoint()}, "
                               f"continue from it with --resume") from None
         finally:
-            self._restore_signal_handlers(previous)
-            if bar is not None:
-                bar.close()
+            printer.close()
         self.log(f"done: step {self.step}, loss {loss:.4f}, val loss {val_loss:.4f}; "
                  f"model in {self.run_dir.checkpoint_dir(self.step)}")
         return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s())
@@ -414,60 +409,14 @@ class Trainer:
         self.metrics.write_text(self.step, "samples", block)
         self.log(f"step {self.step}: sample: {texts[0][:200]!r}")
 
-    # --- console, signals ---------------------------------------------------------------------------------
-
-    def _progress_bar(self, max_steps: int):
-        if not (self.progress and self.ctx.is_main and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=False)
-
-    def _log_step(self, bar, result, timing) -> None:
+    def _log_step(self, printer: StepPrinter, result, timing: dict) -> None:
         record = {"step": self.step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm, **timing}
         self.steps_logged += 1
         if self.steps_logged <= PEAK_MEMORY_STEPS:
             record.update(self._peak_memory())
         self.metrics.write(record)
-        if not self.ctx.is_main:
-            return
-        mfu = f" | mfu {timing['mfu'] * 100:.1f}%" if "mfu" in timing else ""
-        line = (f"step {self.step:>6}/{self.config.schedule.max_steps} | loss {result.loss:.4f} | lr {result.lr:.2e} | "
-                f"norm {result.grad_norm:.3f} | {timing['ms_per_step']:.0f} ms | {timing['tokens_per_s']:,.0f} tok/s{mfu}")
-        if bar is not None:
-            bar.write(line)  # printed above the bar, which stays at the bottom
-            bar.update(1)
-        else:
-            self._log(line)
-
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            if self.stop_signal is not None:  # a second Ctrl-C: stop now (a half checkpoint is discarded)
-                raise KeyboardInterrupt
-            self.stop_signal = signal.Signals(signum).name
-            self.log(f"{self.stop_signal} received: finishing step {self.step + 1}, then saving a checkpoint "
-                     f"(press Ctrl-C again to quit without saving)")
-
-        previous = {}
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signal_handlers(previous) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def _stop_requested(self) -> bool:
-        flag = torch.tensor(1.0 if self.stop_signal else 0.0)
-        if self.ctx.enabled:  # every rank must stop at the same step (the checkpoint is collective)
-            if self.device.type == "cuda":
-                flag = flag.to(self.device)
-            distributed.all_reduce_sum(flag)
-        if flag.item() > 0 and self.stop_signal is None:
-            self.stop_signal = "a signal on another rank"
-        return flag.item() > 0
+        if self.ctx.is_main:
+            printer.step(self.step, result, timing)
 
 
 def train(config: TrainConfig, run_dir, resume=False, overwrite=False, log=None, progress=True) -> TrainResult:
