@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpt2lab.cli import bench, eval, inspect, plot, prepare, sample, serve, train
+    from gpt2lab.cli import bench, eval, export, inspect, plot, prepare, sample, serve, train
 
     parser = _Parser(
         prog="gpt2lab",
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     # in the order `gpt2lab --help` lists them
-    for command in (inspect, sample, prepare, train, eval, serve, plot, bench):
+    for command in (inspect, sample, prepare, train, export, eval, serve, plot, bench):
         p = command.add_command(commands)
         p.set_defaults(parser=p)
     return parser

@@ -201,10 +201,10 @@ def _some(keys: list[str], n: int = 5) -> str:
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
-    """Our parameters under HF names, lm_head left out (tied to wte)."""
+def state_dict_to_hf(state_dict: dict) -> dict[str, torch.Tensor]:
+    """Our parameters (a model's state_dict) under HF names, lm_head left out (tied to wte)."""
     hf = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state_dict.items():
         if name == "lm_head.weight":
             continue  # HF re-ties it to transformer.wte.weight; safetensors cannot store shared storage
         hf[name] = tensor.detach().contiguous().cpu()
@@ -217,21 +217,31 @@ def save_model(model, directory) -> Path:
     config.json goes last: it is what marks a directory as a model (`resolve_model_dir`, a run's checkpoint
     listing), so a save interrupted into a fresh directory never looks complete.
     """
-    from safetensors.torch import save_file
-
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: save the module underneath
     model = getattr(model, "module", model)  # a DDP-wrapped model
+    return save_state_dict(model.state_dict(), model.config, directory)
+
+
+def save_state_dict(state_dict: dict, config: GPTConfig, directory) -> Path:
+    """`save_model` for weights that are not one module's (the whole of a sharded model, gathered by rank 0)."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"cannot save to {directory}: it is a file, not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / SAFETENSORS) as tmp:
-        save_file(state_dict_to_hf(model), tmp, metadata={"format": "pt"})
-    _save_tokenizer_files(model.config, directory)
-    config = config_to_hf(model.config)
-    config["dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    atomic_write_text(directory / CONFIG_JSON, json.dumps(config, indent=2) + "\n")
+        save_file(state_dict_to_hf(state_dict), tmp, metadata={"format": "pt"})
+    _save_tokenizer_files(config, directory)
+    write_config(config, directory, dtype=state_dict["transformer.wte.weight"].dtype)
     return directory
+
+
+def write_config(config: GPTConfig, directory, dtype=torch.float32) -> None:
+    """config.json, written last by every writer: a directory that has it is complete."""
+    hf = config_to_hf(config)
+    hf["dtype"] = str(dtype).removeprefix("torch.")
+    atomic_write_text(Path(directory) / CONFIG_JSON, json.dumps(hf, indent=2) + "\n")
 
 
 def _save_tokenizer_files(config: GPTConfig, directory: Path) -> None:

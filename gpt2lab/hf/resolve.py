@@ -53,6 +53,10 @@ def _latest_checkpoint(run: RunDirectory) -> Path:
         raise ModelNotFoundError(
             f"run directory {run.path} has no complete checkpoint yet in {run.checkpoints_dir}"
         )
+    if not any((checkpoint / name).exists() for name in (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN)):
+        raise ModelNotFoundError(  # FSDP writes the whole model with its final checkpoint only
+            f"the newest checkpoint of {run.path}, {checkpoint.name}, is sharded (FSDP) and holds no Hugging Face "
+            f"weights yet; write them with `gpt2lab export {run.path} --out DIR`, or pass an earlier checkpoint")
     return checkpoint
 
 

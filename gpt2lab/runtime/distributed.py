@@ -55,10 +55,17 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def setup(device: torch.device) -> DistContext:
-    """Join the process group if started by torchrun; a no-op context otherwise."""
+def setup(device: torch.device, join_alone: bool = False) -> DistContext:
+    """Join the process group if started by torchrun; a no-op context otherwise. `join_alone`: a single process
+    (torchrun's world of 1, or no torchrun at all) makes a process group of its own too, for code that needs one
+    (FSDP's device mesh)."""
     ctx = launch()
     if ctx.world_size == 1:
+        if join_alone and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(ctx.local_rank)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                    world_size=1)
         return ctx
     local_rank = ctx.local_rank
     if device.type == "cuda":

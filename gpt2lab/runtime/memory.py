@@ -51,13 +51,15 @@ class TrainingMemory:
     """What one process holds at the peak of a training step, in bytes, by what holds it (see `estimate_training`)."""
 
     runtime: int  # the process itself: Python + torch's code and buffers (CPU), or the CUDA context (GPU)
-    weights: int  # float32 master weights
-    gradients: int  # float32, those that exist at the peak
+    weights: int  # float32 master weights (under FSDP this process's shard)
+    gradients: int  # float32, those that exist at the peak (FSDP: the shard; accumulating: the whole, unsharded)
     optimizer: int  # AdamW: two moments per parameter; Muon: one momentum buffer per matrix (+ its updates)
     autocast_weights: int  # bf16/fp16 copies of the matmul weights, kept for the backward pass
     activations: int  # what the blocks save for the backward pass, for B x T tokens
     logits: int  # B x T x vocab float32 buffers: log-probabilities and their gradients
     ddp_buckets: int  # DDP's gradient buckets (torchrun): a second copy of the gradients
+    gathered_weights: int  # FSDP: the whole weights of the blocks computing (two, with prefetch) and of the root
+    reduce_buffers: int  # FSDP: one block's gradients on their way to the reduce-scatter
     allocator: int  # freed memory a CPU's heap keeps but cannot reuse (see CPU_HEAP_SLACK)
 
     @property
@@ -84,47 +86,70 @@ def accumulation_churn(grad_accum: int) -> float:
     return min(grad_accum - 1, 1.5)
 
 
+def block_and_root_params(config) -> tuple[int, int]:
+    """Parameters of one transformer block (12C^2 + 13C: c_attn, c_proj, c_fc, mlp c_proj, two LayerNorms) and of
+    the rest, FSDP's root unit (the tied embedding/head, the position embeddings, the final LayerNorm)."""
+    C = config.n_embd
+    return 12 * C * C + 13 * C, (config.vocab_size + config.block_size + 2) * C
+
+
 def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
                       amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
-                      cpu_heap: bool = False) -> TrainingMemory:
+                      cpu_heap: bool = False, sharded: bool = False, low_precision_params: bool = False,
+                      checkpointed: bool = False) -> TrainingMemory:
     """The peak memory of one process's training step of a GPT-2 `config` on B x T tokens, term by term.
 
     params: all parameters; cast_params: those autocast copies (the Conv1D layers and the tied lm_head);
     muon_params: those Muon trains (the rest has AdamW); amp_bytes: 2 under bf16/fp16 autocast, None in fp32;
-    runtime: the process's own memory; cpu_heap: add the CPU heap's allowance (CPU_HEAP_SLACK).
+    runtime: the process's own memory; cpu_heap: add the CPU heap's allowance (CPU_HEAP_SLACK); sharded: FSDP over
+    world_size processes; low_precision_params: FSDP gathers weights in the amp dtype (its GPU mixed-precision
+    policy: no autocast copies then); checkpointed: activation checkpointing per block.
 
     The peak is where the backward pass starts: every block's activations are still held when the loss's
     backward makes the gradient of the B x T x vocab log-probabilities. Counted per token and layer from what
     autograd saves (model/gpt.py): fp32: the block input, ln_1 out, qkv (3C), attention out, its contiguous copy,
     the residual after attention, ln_2 out, the MLP's 4C hidden before and after GELU: 17C floats. Under autocast
     the matmul inputs and outputs are 2-byte copies while LayerNorm and the residual stream stay float32: 38C
-    bytes. The loss: log_softmax's float32 output, the gradient nll_loss hands back and log_softmax's own, 3 x 4
-    bytes per token and vocabulary entry. Gradients are created as the backward pass frees activations, so they
-    count at that peak only when accumulation kept them from an earlier micro-step; the other candidate for the
-    peak is the optimizer step, with every gradient (and, for Muon, every matrix's update) held at once.
+    bytes. With activation checkpointing a block keeps only its float32 input (4C bytes) and one block at a time
+    holds the rest again while its backward runs. The loss: log_softmax's float32 output, the gradient nll_loss
+    hands back and log_softmax's own, 3 x 4 bytes per token and vocabulary entry. Gradients are created as the
+    backward pass frees activations, so they count at that peak only when accumulation kept them from an earlier
+    micro-step (under FSDP whole and unsharded: gradients are reduced on the last micro-step only); the other
+    candidate for the peak is the optimizer step, with every gradient (and, for Muon, every update) held at once.
     """
     C, L, V, H = config.n_embd, config.n_layer, config.vocab_size, config.n_head
     tokens = batch_size * seq_len
-    per_layer = 38 * C if amp_bytes else 17 * 4 * C  # bytes per token, see above
+    per_layer = (38 * C if amp_bytes else 17 * 4 * C) + 4 * H  # bytes per token; + the flash kernels' log-sum-exp
     final = (4 + 2) * C if amp_bytes else 2 * 4 * C  # ln_f's float32 input, and its output as lm_head sees it
-    attention_lse = 4 * H  # the flash kernels' float32 log-sum-exp per head
-    activations = tokens * (L * (per_layer + attention_lse) + final)
+    layers = L * 4 * C + per_layer if checkpointed else L * per_layer
+    activations = tokens * (layers + final)
     logits = tokens * V * 3 * 4
-    gradients = 4 * params
-    optimizer = optimizer_state_bytes(params, muon_params)
-    muon_updates = 4 * muon_params  # Muon's step holds every matrix's orthogonalised update until it applies them
-    held = gradients if grad_accum > 1 else 0
-    backward = (amp_bytes or 0) * cast_params + activations + logits + held
-    step = gradients + muon_updates
+    shards = world_size if sharded else 1
+    block, root = block_and_root_params(config)
+    gathered = 0
+    if sharded:  # two blocks' weights (the one computing, the next prefetched) and the root's, whole
+        gathered = (2 * block + root) * (amp_bytes if low_precision_params else 4)
+    autocast_weights = 0 if low_precision_params else (amp_bytes or 0) * cast_params
+    weights = 4 * params // shards
+    step_gradients = 4 * params // shards
+    held = 0
+    if grad_accum > 1:  # kept from one micro-step to the next; FSDP keeps them whole until the last
+        held = params * (amp_bytes if low_precision_params else 4) if sharded else step_gradients
+    optimizer = optimizer_state_bytes(params, muon_params) // shards
+    muon_updates = 4 * muon_params // shards * (2 if sharded else 1)  # FSDP: the owner's whole matrices too
+    backward = autocast_weights + activations + logits + held
+    step = step_gradients + muon_updates
     at_backward = backward >= step
-    churn = activations + logits + gradients  # what a step allocates and frees (see CPU_HEAP_SLACK)
+    reduce_buffers = 4 * block * 2 if sharded else 0
+    churn = activations + logits + 4 * params // shards + gathered  # what a step allocates and frees
     churn += int(accumulation_churn(grad_accum) * (activations + logits))
     return TrainingMemory(
-        runtime=runtime, weights=4 * params, gradients=held if at_backward else gradients,
+        runtime=runtime, weights=weights, gradients=held if at_backward else step_gradients,
         optimizer=optimizer + (0 if at_backward else muon_updates),
-        autocast_weights=(amp_bytes or 0) * cast_params if at_backward else 0,
+        autocast_weights=autocast_weights if at_backward else 0,
         activations=activations if at_backward else 0, logits=logits if at_backward else 0,
-        ddp_buckets=4 * params if world_size > 1 else 0,
+        ddp_buckets=4 * params if world_size > 1 and not sharded else 0,
+        gathered_weights=gathered, reduce_buffers=reduce_buffers,
         allocator=int(CPU_HEAP_SLACK * churn) if cpu_heap else 0)
 
 

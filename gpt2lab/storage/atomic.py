@@ -55,8 +55,8 @@ def output_error(error: BaseException, path) -> OutputError | None:
         return None  # already a user error with its own message
     code = error.errno if isinstance(error, OSError) else None
     if code is None and not isinstance(error, OSError):
-        found = re.search(r"os error (\d+)", str(error))
-        code = int(found.group(1)) if found else (errno.ENOSPC if _nearly_full(path) else None)
+        found = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))
+        code = int(found.group(1) or found.group(2)) if found else (errno.ENOSPC if _nearly_full(path) else None)
     if code is None:
         return None
     # Named after `path`, what the user asked for: not a temporary file inside it, nor a parent mkdir tried.
@@ -190,12 +190,27 @@ def atomic_directory(path):
     Used for checkpoints: a directory either exists complete or does not exist at all.
     """
     path = Path(path)
+    tmp = temporary_directory(path)
+    with _removed_on_failure(path, lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        yield tmp
+        publish_directory(tmp, path)
+
+
+def temporary_directory(path) -> Path:
+    """A fresh directory next to `path`, named so nothing takes it for a complete one (the first half of
+    `atomic_directory`, for writers that are several processes: every rank writes into it, one publishes it)."""
+    path = Path(path)
     with reporting_refusals(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
     tmp.chmod(_default_mode(0o777))
-    with _removed_on_failure(path, lambda: shutil.rmtree(tmp, ignore_errors=True)):
-        yield tmp
+    return tmp
+
+
+def publish_directory(tmp: Path, path) -> None:
+    """Rename the finished temporary directory `tmp` to `path`, replacing what was there (the second half)."""
+    path = Path(path)
+    with reporting_refusals(path):
         if path.exists():
             # Move the old one aside first: a directory cannot be replaced by rename in one step.
             old = path.with_name(f"{TMP_PREFIX}{path.name}.old")

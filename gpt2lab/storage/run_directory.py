@@ -27,7 +27,7 @@ from pathlib import Path
 
 from gpt2lab.storage.atomic import TMP_PREFIX, atomic_write_text
 from gpt2lab.storage.dirlock import DirectoryLock
-from gpt2lab.errors import BadValue, GPT2LabError
+from gpt2lab.errors import GPT2LabError
 from gpt2lab.hf.format import CONFIG_JSON
 
 CONFIG_FILE, METRICS_FILE, SAMPLES_FILE, CHECKPOINTS_DIR = "config.toml", "metrics.jsonl", "samples.txt", "checkpoints"
@@ -71,20 +71,9 @@ class RunDirectory:
     def holds_run(self) -> bool:
         return self.path.is_dir() and any((self.path / name).exists() for name in RUN_FILES)
 
-    def checkpoint_to_resume(self, resume: bool, overwrite: bool) -> Path | None:
-        """The checkpoint a launch continues from (None: a fresh start); refuses to mix two runs in one directory."""
+    def check_is_directory(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise GPT2LabError(f"run directory {self.path} is a file; choose another --out")
-        if resume:
-            checkpoint = self.latest_checkpoint()
-            if checkpoint is None:
-                raise BadValue("resume", f"found no complete checkpoint in {self.path} to resume from; "
-                                   f"start the run without --resume")
-            return checkpoint
-        if self.holds_run() and not overwrite:
-            raise GPT2LabError(f"{self.path} already holds a training run; pass --resume to continue it, "
-                               f"--overwrite to replace it, or choose another --out")
-        return None
 
     # --- writing: the lock holder only --------------------------------------------------------------------------
 

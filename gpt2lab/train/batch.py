@@ -17,6 +17,7 @@ from gpt2lab.model.config import GPTConfig
 from gpt2lab.runtime import memory
 from gpt2lab.runtime.device import keep_freed_memory
 from gpt2lab.runtime.hardware import DeviceSpec
+from gpt2lab.train.config import AUTO
 from gpt2lab.train.parallel import ParallelModel
 from gpt2lab.train.step import TrainStep, repeat
 
@@ -85,12 +86,21 @@ class StepMemory:
     device: DeviceSpec
     world_size: int
     runtime: int  # the process's own memory (runtime_bytes)
+    strategy: str = "ddp"  # ddp | fsdp (parallel.py)
+    activation_checkpointing: bool = False
 
     def estimate(self, batch_size: int, seq_len: int, grad_accum: int) -> memory.TrainingMemory:
+        amp = self.device.amp_dtype
         return memory.estimate_training(
             self.arch, batch_size, seq_len, params=self.params.total, cast_params=self.params.cast,
-            muon_params=self.params.muon, amp_bytes=self.device.amp_dtype.itemsize if self.device.amp_dtype else None,
-            grad_accum=grad_accum, world_size=self.world_size, runtime=self.runtime, cpu_heap=self.device.type == "cpu")
+            muon_params=self.params.muon, amp_bytes=amp.itemsize if amp else None, grad_accum=grad_accum,
+            world_size=self.world_size, runtime=self.runtime, cpu_heap=self.device.type == "cpu",
+            sharded=self.strategy == "fsdp", checkpointed=self.activation_checkpointing,
+            # FSDP on a GPU gathers the weights in the autocast dtype (parallel.shard's mixed-precision policy)
+            low_precision_params=self.strategy == "fsdp" and self.device.type == "cuda" and amp is not None)
+
+    def with_strategy(self, strategy: str) -> "StepMemory":
+        return dataclasses.replace(self, strategy=strategy)
 
     def budget(self, local_processes: int = 1) -> int | None:
         """Bytes one process may plan to use for `auto`: a fraction of its device's (or its share of the CPU's)."""
@@ -142,8 +152,8 @@ def choose_batch_size(step_memory: StepMemory, total_batch_tokens: int, seq_len:
         f"smaller model, or train on a device with more memory")
 
 
-def confirm_batch_size(model, choices: list[int], seq_len: int, device: torch.device, amp_dtype, hold_back: int,
-                       log=print) -> int:
+def confirm_batch_size(model: ParallelModel, choices: list[int], seq_len: int, device: torch.device, amp_dtype,
+                       hold_back: int, log=print) -> int:
     """Run one real forward + backward at each size, largest first, until one runs: on a GPU, an out-of-memory
     error moves on to the next smaller size. `hold_back` bytes (the optimizer state the first step will allocate)
     are held while it runs, so the trial needs what a real step needs. Uses no global RNG; leaves no gradients."""
@@ -157,7 +167,7 @@ def confirm_batch_size(model, choices: list[int], seq_len: int, device: torch.de
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             return batch_size
-        model.zero_grad(set_to_none=True)
+        model.raw.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if i + 1 == len(choices):
@@ -167,37 +177,71 @@ def confirm_batch_size(model, choices: list[int], seq_len: int, device: torch.de
     raise AssertionError("unreachable: the last choice either runs or raises")
 
 
-def _trial_step(model, batch_size: int, seq_len: int, device, amp_dtype, hold_back: int) -> None:
+def _trial_step(model: ParallelModel, batch_size: int, seq_len: int, device, amp_dtype, hold_back: int) -> None:
     held = torch.empty(hold_back, dtype=torch.uint8, device=device) if device.type == "cuda" else None  # noqa: F841
     generator = torch.Generator().manual_seed(0)
-    x = torch.randint(0, model.config.vocab_size, (batch_size, seq_len + 1), generator=generator).to(device)
-    TrainStep(ParallelModel(model), None, device=device, amp_dtype=amp_dtype).forward_backward(
-        repeat((x[:, :-1], x[:, 1:])))
-    model.zero_grad(set_to_none=True)
+    x = torch.randint(0, model.raw.config.vocab_size, (batch_size, seq_len + 1), generator=generator).to(device)
+    TrainStep(model, None, device=device, amp_dtype=amp_dtype).forward_backward(repeat((x[:, :-1], x[:, 1:])))
+    model.raw.zero_grad(set_to_none=True)
 
 
-def auto_batch_size(model, data, optim_name: str, device: torch.device, amp_dtype, ctx, log=print) -> int:
-    """data.batch_size = "auto" for a model already built on `device`: the largest micro-batch whose estimated step
-    fits, run once for real (on a GPU, smaller ones after an out-of-memory error), the same on every rank."""
-    from gpt2lab.runtime import distributed
+def step_memory_of(model, config, device: torch.device, amp_dtype, ctx, measure_runtime: bool = True) -> StepMemory:
+    """The StepMemory of a run whose model is built already (on a CPU, in this process's memory: what the estimate's
+    runtime then leaves out). measure_runtime=False: the process's own memory is not measured (counted as 0)."""
     from gpt2lab.runtime.hardware import device_spec
 
-    arch, world = model.config, ctx.world_size
     spec = device_spec(device, amp_dtype)
-    params = parameter_counts(arch, optim_name)
-    resident = 4 * params.total if device.type == "cpu" else 0  # the model, already built
-    step_memory = StepMemory(arch, params, spec, world, runtime_bytes(spec, optim_name) - resident)
+    params = parameter_counts(model.config, config.optim.name)
+    runtime = 0
+    if measure_runtime:
+        runtime = runtime_bytes(spec, config.optim.name) - (4 * params.total if device.type == "cpu" else 0)
+    return StepMemory(model.config, params, spec, ctx.world_size, runtime,
+                      activation_checkpointing=config.runtime.activation_checkpointing)
+
+
+def choose_strategy(step_memory: StepMemory, data, local_processes: int = 1) -> tuple[str, str]:
+    """parallel.strategy = "auto": (strategy, why). DDP when a whole copy of the model's states and the step fits
+    each device (at data.batch_size, or, with "auto", at some micro-batch), else FSDP. One process has nothing to
+    shard: DDP (that is, the plain model)."""
+    if step_memory.world_size == 1:
+        return "ddp", "one process: nothing to shard"
+    budget = step_memory.budget(local_processes)
+    where = f"{memory.format_bytes(budget)} usable per process on {step_memory.device.name}"
+    if data.batch_size == AUTO:
+        try:
+            choose_batch_size(step_memory.with_strategy("ddp"), data.total_batch_tokens, data.seq_len,
+                              local_processes)
+            return "ddp", f"a whole copy fits at some micro-batch; {where}"
+        except GPT2LabError:
+            return "fsdp", f"a whole copy does not fit at any micro-batch; {where}"
+    accum = grad_accum_steps(data.total_batch_tokens, data.batch_size, data.seq_len, step_memory.world_size)
+    sizes = {s: step_memory.with_strategy(s).estimate(data.batch_size, data.seq_len, accum).total
+             for s in ("ddp", "fsdp")}
+    strategy = "ddp" if budget is None or sizes["ddp"] <= budget else "fsdp"
+    return strategy, (f"~{memory.format_bytes(sizes['ddp'])} per process with DDP, "
+                      f"~{memory.format_bytes(sizes['fsdp'])} with FSDP; {where}")
+
+
+def auto_batch_size(model: ParallelModel, data, step_memory: StepMemory, device: torch.device, amp_dtype, ctx,
+                    log=print) -> int:
+    """data.batch_size = "auto" for a model ready to train on `device` (sharded or DDP-wrapped already): the largest
+    micro-batch whose estimated step fits, run once for real (on a GPU, smaller ones after an out-of-memory error),
+    the same on every rank."""
+    from gpt2lab.runtime import distributed
+
+    world = ctx.world_size
     local = ctx.local_world_size if device.type == "cpu" else 1
     chosen = choose_batch_size(step_memory, data.total_batch_tokens, data.seq_len, local)
     choices = [b for b in batch_size_choices(data.total_batch_tokens, data.seq_len, world) if b <= chosen]
-    hold_back = step_memory.estimate(chosen, data.seq_len, 1).optimizer + (4 * params.total if world > 1 else 0)
+    held = step_memory.estimate(chosen, data.seq_len, 1)
+    hold_back = held.optimizer + held.ddp_buckets  # what the first real step allocates beyond the trial's
     chosen = confirm_batch_size(model, choices, data.seq_len, device, amp_dtype, hold_back, log=log)
     chosen = min(distributed.all_gather_object(chosen))
     accum = data.total_batch_tokens // (chosen * data.seq_len * world)
     estimate = step_memory.estimate(chosen, data.seq_len, accum).total
     log(f"data.batch_size auto: {chosen} ({accum} micro-step(s) per step of {data.total_batch_tokens:,} tokens; "
-        f"~{memory.format_bytes(estimate)} per process estimated, {memory.format_bytes(spec.memory_bytes)} "
-        f"{spec.name} has; ran a forward + backward)")
+        f"~{memory.format_bytes(estimate)} per process estimated, {memory.format_bytes(step_memory.device.memory_bytes)}"
+        f" {step_memory.device.name} has; ran a forward + backward)")
     return chosen
 
 

@@ -72,6 +72,9 @@ class OptimSection:
     muon_ns_steps: int = 5  # Newton-Schulz iterations
     muon_weight_decay: float = 0.0  # decoupled, on the Muon matrices
     muon_split_qkv: bool = True  # orthogonalise c_attn as three matrices (q, k, v), not one: measured better
+    # Newton-Schulz in: auto (bf16 where the device computes it natively, else fp32) | bf16 | fp32. fp32 makes
+    # Muon's numbers independent of how the gradients were summed (FSDP vs DDP), to float rounding.
+    muon_ns_dtype: str = "auto"
 
 
 @dataclass
@@ -103,10 +106,18 @@ class CheckpointSection:
 
 
 @dataclass
+class ParallelSection:
+    """How torchrun's processes share the model (train/parallel.py)."""
+
+    strategy: str = "auto"  # ddp | fsdp | auto: DDP when a whole copy fits each device, else FSDP
+
+
+@dataclass
 class RuntimeSection:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, and on CPUs with native bf16)
     compile: bool = False
+    activation_checkpointing: bool = False  # per block: recompute activations in the backward pass, far less memory
     seed: int = 1337  # model initialisation and sampling
     threads: int = 0  # torch CPU threads; 0: torch's default
 
@@ -129,6 +140,7 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     log: LogSection = field(default_factory=LogSection)
 
@@ -376,6 +388,8 @@ def validate(config: TrainConfig, given=()) -> None:
         raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {optim.muon_momentum}")
     if optim.muon_ns_steps < 1:
         raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
+    if optim.muon_ns_dtype not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got '{optim.muon_ns_dtype}'")
     if optim.muon_weight_decay < 0:
         raise ConfigError(f"optim.muon_weight_decay must not be negative, got {optim.muon_weight_decay}")
     if schedule.name not in ("cosine", "wsd"):
@@ -384,6 +398,8 @@ def validate(config: TrainConfig, given=()) -> None:
         raise ConfigError(f"schedule.decay_fraction must be in (0, 1], got {schedule.decay_fraction}")
     if config.checkpoint.keep < 1:
         raise ConfigError(f"checkpoint.keep must be at least 1, got {config.checkpoint.keep}")
+    if config.parallel.strategy not in ("ddp", "fsdp", "auto"):
+        raise ConfigError(f"parallel.strategy must be ddp, fsdp or auto, got '{config.parallel.strategy}'")
     if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
     if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
@@ -418,7 +434,8 @@ def read_run_config(run_dir) -> dict:
 
 
 # Fields that may change between a run and its resumption: where/how it runs, how often it reports.
-RESUMABLE_CHANGES = ("model.init", "data.dir", "data.grad_accum", "runtime.", "eval.", "checkpoint.", "log.")
+RESUMABLE_CHANGES = ("model.init", "data.dir", "data.grad_accum", "runtime.", "eval.", "checkpoint.", "log.",
+                     "parallel.")
 
 
 def incompatible_fields(saved: TrainConfig, new: TrainConfig) -> list[str]:

@@ -71,11 +71,12 @@ class Muon(torch.optim.Optimizer):
     Every step:  buf = momentum * buf + grad;  g = grad + momentum * buf (Nesterov) or buf;
                  p = p * (1 - lr * weight_decay) - lr * orthogonalised_update(g).
 
-    Under torch.distributed the gradients are already averaged (DDP), so every rank would compute the same
-    updates: instead rank r orthogonalises the matrices i with i % world_size == r (those of one shape together, in
-    one batched Newton-Schulz), and each update is broadcast from the rank that computed it. The momentum buffers
-    are updated on every rank (cheap, elementwise) and so are identical everywhere, as the checkpoint (rank 0's
-    state) assumes.
+    Under torch.distributed rank r orthogonalises the matrices i with i % world_size == r (those of one shape
+    together, in one batched Newton-Schulz). With DDP every rank holds the averaged gradients, and each update is
+    broadcast from the rank that computed it; the momentum buffers are updated on every rank (cheap, elementwise)
+    and so are identical everywhere, as the checkpoint (rank 0's state) assumes. Under FSDP each rank holds a
+    slice of every matrix (and of its momentum): Newton-Schulz needs the whole matrix, so its owner gathers the
+    slices of the direction, orthogonalises it, and scatters the update's slices back.
 
     `ns_dtype` (bf16 on GPUs; float32 on CPUs without native bf16, where emulated bf16 is very slow) is a property
     of the machine, not of the run, so it is not in the state_dict.
@@ -104,41 +105,92 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        matrices = []  # [param, group, update or None]: every Muon matrix, in the same order on every rank
-        mine = {}  # (shape, split, ns_steps) -> [(position in matrices, direction)]: this rank's to orthogonalise
+        matrices = []  # (param, group, direction): every Muon matrix with a gradient, the same order on every rank
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:  # the same on every rank: DDP gives every rank the same set of gradients
+                if p.grad is None:  # the same on every rank: every rank gets the same set of gradients
                     continue
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(p.grad)
-                if len(matrices) % world == rank:
-                    g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                    mine.setdefault((tuple(p.shape), group["split"], group["ns_steps"]), []).append((len(matrices), g))
-                matrices.append([p, group, None])
-        for (_, split, steps), directions in mine.items():  # matrices of one shape: one batched Newton-Schulz
-            updates = orthogonalised_updates(torch.stack([g for _, g in directions]), steps, split, self.ns_dtype)
-            for (position, _), update in zip(directions, updates):
-                matrices[position][2] = update
-        pending = []
-        for position, (p, group, update) in enumerate(matrices):
-            if distributed:  # each update comes from the rank that computed it; issued in the same order everywhere
-                update = update if update is not None else torch.empty_like(p)
-                pending.append((p, group, update, dist.broadcast(update, src=position % world, async_op=True)))
-            else:
-                pending.append((p, group, update, None))
-        for p, group, update, work in pending:
-            if work is not None:
-                work.wait()
+                matrices.append((p, group, p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf))
+        sharded = bool(matrices) and hasattr(matrices[0][0], "to_local")  # FSDP: DTensor shards
+        updates = self._sharded_updates(matrices) if sharded else self._replicated_updates(matrices)
+        for (p, group, _), update in zip(matrices, updates):
+            local = p.to_local() if sharded else p
             if group["weight_decay"]:
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(update, alpha=-group["lr"])
+                local.mul_(1 - group["lr"] * group["weight_decay"])
+            local.add_(update, alpha=-group["lr"])
         return loss
+
+    def _orthogonalise(self, matrices, directions: dict) -> dict:
+        """{position: update} for the whole-matrix `directions` {position: direction} this rank owns, those of one
+        shape in one batched Newton-Schulz."""
+        by_kind = {}
+        for position, g in directions.items():
+            group = matrices[position][1]
+            by_kind.setdefault((tuple(g.shape), group["split"], group["ns_steps"]), []).append(position)
+        updates = {}
+        for (_, split, steps), positions in by_kind.items():
+            batch = orthogonalised_updates(torch.stack([directions[i] for i in positions]), steps, split, self.ns_dtype)
+            updates.update(zip(positions, batch))
+        return updates
+
+    def _replicated_updates(self, matrices) -> list:
+        """Every rank holds every whole matrix (one process, or DDP's averaged gradients): matrix i is
+        orthogonalised by rank i % world, then broadcast from it, issued in the same order everywhere."""
+        rank, world = _rank_and_world()
+        updates = self._orthogonalise(matrices, {i: g for i, (_, _, g) in enumerate(matrices) if i % world == rank})
+        if world == 1:
+            return [updates[i] for i in range(len(matrices))]
+        out, works = [], []
+        for i, (p, _, _) in enumerate(matrices):
+            out.append(updates.get(i, torch.empty_like(p)))
+            works.append(dist.broadcast(out[-1], src=i % world, async_op=True))
+        for work in works:
+            work.wait()
+        return out
+
+    def _sharded_updates(self, matrices) -> list:
+        """FSDP: each rank holds a slice of every matrix's rows (dim-0 shards, the last ones shorter or empty).
+        Matrix i's owner, rank i % world, gathers its direction's shards, orthogonalises the whole matrix, and
+        sends each rank its rows of the update back; each rank returns its own rows of every update."""
+        rank, world = _rank_and_world()
+        shards, gathering, works = [], {}, []
+        for i, (p, _, g) in enumerate(matrices):
+            local, rows = g.to_local(), p.size(0)
+            rows_per_rank = -(-rows // world)
+            shards.append((local.size(0), rows, rows_per_rank))
+            padded = torch.nn.functional.pad(local, (0, 0, 0, rows_per_rank - local.size(0)))
+            received = [torch.empty_like(padded) for _ in range(world)] if i % world == rank else None
+            works.append(dist.gather(padded, received, dst=i % world, async_op=True))
+            if received is not None:
+                gathering[i] = received
+        for work in works:
+            work.wait()
+        whole = {i: torch.cat(parts)[: shards[i][1]] for i, parts in gathering.items()}
+        updates = self._orthogonalise(matrices, whole)
+        out, works = [], []
+        for i, (local_rows, rows, rows_per_rank) in enumerate(shards):
+            mine = torch.empty((rows_per_rank, matrices[i][2].size(1)), dtype=matrices[i][2].dtype,
+                               device=matrices[i][2].to_local().device)
+            parts = None
+            if i in updates:
+                parts = list(torch.nn.functional.pad(updates[i], (0, 0, 0, rows_per_rank * world - rows))
+                             .split(rows_per_rank))
+            works.append(dist.scatter(mine, parts, src=i % world, async_op=True))
+            out.append(mine[:local_rows])
+        for work in works:
+            work.wait()
+        return out
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class CombinedOptimizer:

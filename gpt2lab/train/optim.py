@@ -49,7 +49,8 @@ def make_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.de
     other = [p for n, p in named if n in muon_names and not n.endswith("attn.c_attn.weight")]
     groups = [{"params": other, "split": 1}, {"params": fused, "split": 3 if optim.muon_split_qkv else 1}]
     # Newton-Schulz in bf16 where the device computes it natively (GPUs, AMX/AVX512-BF16 CPUs); float32 elsewhere
-    ns_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+    ns_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        optim.muon_ns_dtype, torch.bfloat16 if native_bf16(device) else torch.float32)
     muon = Muon([g for g in groups if g["params"]], **muon_settings, ns_dtype=ns_dtype)
     rest = [p for n, p in named if n not in muon_names]
     return CombinedOptimizer(muon=muon, adamw=torch.optim.AdamW(param_groups(model, optim.weight_decay, rest), **adamw))

@@ -22,8 +22,8 @@ from gpt2lab.model.config import PRESETS, GPTConfig
 from gpt2lab.runtime import memory, perf
 from gpt2lab.runtime.device import autocast_dtype, resolve_device
 from gpt2lab.runtime.hardware import DeviceSpec, device_spec, planned_device
-from gpt2lab.train.batch import (GPU_USABLE, ParameterCounts, StepMemory, choose_batch_size, grad_accum_steps,
-                                 parameter_counts, runtime_bytes)
+from gpt2lab.train.batch import (GPU_USABLE, ParameterCounts, StepMemory, choose_batch_size, choose_strategy,
+                                 grad_accum_steps, parameter_counts, runtime_bytes)
 from gpt2lab.train.config import AUTO, TrainConfig
 
 # Assumed model FLOPs utilisation when --assume-mfu is not given, with where the number comes from.
@@ -79,6 +79,9 @@ class Plan:
     mfu: float
     mfu_source: str
     checkpoint_bytes: int
+    strategy: str = "ddp"  # ddp | fsdp, as the run would use it
+    strategy_reason: str = ""  # why, for parallel.strategy = "auto"
+    memory_by_strategy: dict[str, int] = field(default_factory=dict)  # per process, at the plan's micro-batch
     est_step_seconds: float | None = None  # None: no peak FLOP/s for the device
     est_eval_seconds: float | None = None
     data_tokens: int | None = None  # None: data.dir is not a prepared dataset (yet)
@@ -99,6 +102,10 @@ class Plan:
             return None
         return self.est_step_seconds * self.config.schedule.max_steps + (self.est_eval_seconds or 0.0)
 
+    def _fits(self, per_process: int) -> bool | None:
+        local = self.world_size if self.device.type == "cpu" else 1
+        return None if self.device.memory_bytes is None else per_process * local <= _usable(self.device)
+
     def to_json(self) -> dict:
         cfg, keep = self.config, self.config.checkpoint.keep
         total = self.est_total_seconds
@@ -112,6 +119,11 @@ class Plan:
             "device": self.device.name, "device_type": self.device.type, "device_planned": self.device.planned,
             "device_memory_bytes": self.device.memory_bytes, "precision": self.device.precision,
             "memory_per_device_bytes": self.memory.total, "memory_breakdown_bytes": dataclasses.asdict(self.memory),
+            "strategy": self.strategy, "strategy_auto": cfg.parallel.strategy == "auto",
+            "strategy_reason": self.strategy_reason,
+            "activation_checkpointing": cfg.runtime.activation_checkpointing,
+            "memory_per_device_bytes_by_strategy": self.memory_by_strategy,
+            "fits_by_strategy": {s: self._fits(n) for s, n in self.memory_by_strategy.items()},
             "fits": self.fits, "flops_per_token": self.flops_per_token, "peak_flops": self.device.peak_flops,
             "peak_flops_source": self.device.peak_source, "assumed_mfu": self.mfu, "mfu_source": self.mfu_source,
             "est_step_seconds": self.est_step_seconds, "est_eval_seconds": self.est_eval_seconds,
@@ -123,6 +135,11 @@ class Plan:
         }
 
 
+def _usable(device: DeviceSpec) -> float:
+    """What a plan may fill of a device: 90 % of a GPU (the caching allocator's headroom), what a CPU has free."""
+    return device.memory_bytes * (GPU_USABLE if device.type == "cuda" else 1)
+
+
 def make_plan(config: TrainConfig, device: DeviceSpec, world_size: int = 1, assume_mfu: float | None = None,
               local_processes: int | None = None) -> Plan:
     """Plan `config` on `world_size` processes of `device`. local_processes: how many of them share this machine's
@@ -132,7 +149,12 @@ def make_plan(config: TrainConfig, device: DeviceSpec, world_size: int = 1, assu
     arch.check_context(data.seq_len, "data.seq_len", "lower it or raise model.block_size")
     local = local_processes or (world_size if device.type == "cpu" else 1)
     params = parameter_counts(arch, config.optim.name)
-    step_memory = StepMemory(arch, params, device, world_size, runtime_bytes(device, config.optim.name))
+    step_memory = StepMemory(arch, params, device, world_size, runtime_bytes(device, config.optim.name),
+                             activation_checkpointing=config.runtime.activation_checkpointing)
+    strategy, reason = config.parallel.strategy, ""
+    if strategy == "auto":
+        strategy, reason = choose_strategy(step_memory, data, local)
+    step_memory = step_memory.with_strategy(strategy)
     auto = data.batch_size == AUTO
     if auto:
         config = dataclasses.replace(config, data=dataclasses.replace(
@@ -140,12 +162,14 @@ def make_plan(config: TrainConfig, device: DeviceSpec, world_size: int = 1, assu
         data = config.data
     accum = grad_accum_steps(data.total_batch_tokens, data.batch_size, data.seq_len, world_size, data.grad_accum)
     estimate = step_memory.estimate(data.batch_size, data.seq_len, accum)
-    budget = None if device.memory_bytes is None else device.memory_bytes * (GPU_USABLE if device.type == "cuda" else 1)
+    both = {s: step_memory.with_strategy(s).estimate(data.batch_size, data.seq_len, accum).total
+            for s in ("ddp", "fsdp")} if world_size > 1 else {strategy: estimate.total}
     mfu, mfu_source = (assume_mfu, "--assume-mfu") if assume_mfu else DEFAULT_MFU.get(device.type, DEFAULT_MFU["cuda"])
     plan = Plan(config, device, world_size, auto, accum, arch, params, estimate,
-                fits=None if budget is None else estimate.total * local <= budget,
+                fits=None if device.memory_bytes is None else estimate.total * local <= _usable(device),
                 flops_per_token=perf.flops_per_token(params.total, arch.n_layer, arch.n_embd, data.seq_len),
-                mfu=mfu, mfu_source=mfu_source, checkpoint_bytes=checkpoint_bytes(params, arch))
+                mfu=mfu, mfu_source=mfu_source, checkpoint_bytes=checkpoint_bytes(params, arch), strategy=strategy,
+                strategy_reason=reason, memory_by_strategy=both)
     _add_time(plan)
     _add_data(plan)
     _add_notes(plan, local)
@@ -212,7 +236,8 @@ def _add_notes(plan: Plan, local: int) -> None:
         need = plan.memory.total * local
         notes.append(f"does not fit: ~{memory.format_bytes(need)} needed, {memory.format_bytes(plan.device.memory_bytes)}"
                      f" on {plan.device.name}; lower data.batch_size (gradient accumulation keeps the step's tokens) "
-                     f"or set it to \"auto\"")
+                     f"or set it to \"auto\"" + ("" if plan.strategy == "fsdp" or plan.world_size == 1 else
+                                                  ", or shard the model: parallel.strategy = \"fsdp\""))
     if plan.epochs is not None and plan.epochs > 1:
         notes.append(f"the run reads the training data {plan.epochs:.1f} times (epochs > 1)")
     if cfg.runtime.compile and plan.device.type == "cuda":
@@ -237,8 +262,9 @@ def format_plan(plan: Plan) -> str:
              f"{plan.grad_accum} micro-step(s); {cfg.schedule.max_steps:,} steps = {_count(plan.total_tokens)} tokens",
              f"  data     {_data_line(plan)}",
              f"  memory   ~{memory.format_bytes(mem.total)} per {'process' if dev.type == 'cpu' else 'GPU'} at a "
-             f"step's peak ({dev.precision}, {optimizer_name(cfg)}): {_fits_line(plan)}",
+             f"step's peak ({dev.precision}, {optimizer_name(cfg)}, {_strategy_name(plan)}): {_fits_line(plan)}",
              f"           {_breakdown(mem)}",
+             *_strategies_line(plan),
              f"  time     {_time_line(plan)}",
              f"  disk     {_disk_line(plan)}"]
     lines += [f"  note     {note}" for note in plan.notes]
@@ -249,6 +275,24 @@ def _disk_line(plan: Plan) -> str:
     each, keep = plan.checkpoint_bytes, plan.config.checkpoint.keep
     return (f"checkpoints ~{memory.format_bytes(each)} each: {memory.format_bytes(each * keep)} for checkpoint.keep = "
             f"{keep} ({memory.format_bytes(each * (keep + 1))} while the next one is written)")
+
+
+def _strategy_name(plan: Plan) -> str:
+    name = {"ddp": "DDP" if plan.world_size > 1 else "one process", "fsdp": "FSDP"}[plan.strategy]
+    if plan.config.runtime.activation_checkpointing:
+        name += ", activation checkpointing"
+    return name + (" (auto)" if plan.config.parallel.strategy == "auto" and plan.world_size > 1 else "")
+
+
+def _strategies_line(plan: Plan) -> list[str]:
+    """Both strategies side by side, when there are processes to shard over."""
+    if len(plan.memory_by_strategy) < 2:
+        return []
+    parts = [f"{name.upper()} ~{memory.format_bytes(n)} ({'fits' if plan._fits(n) else 'does not fit'})"
+             if plan._fits(n) is not None else f"{name.upper()} ~{memory.format_bytes(n)}"
+             for name, n in plan.memory_by_strategy.items()]
+    return [f"  strategy {', '.join(parts)} per device at micro-batch {plan.config.data.batch_size}"
+            + (f": {plan.strategy_reason}" if plan.strategy_reason else "")]
 
 
 def optimizer_name(cfg: TrainConfig) -> str:
@@ -272,7 +316,8 @@ def _fits_line(plan: Plan) -> str:
 def _breakdown(mem: memory.TrainingMemory) -> str:
     names = {"runtime": "runtime", "weights": "weights", "gradients": "gradients", "optimizer": "optimizer",
              "autocast_weights": "autocast copies", "activations": "activations", "logits": "logits",
-             "ddp_buckets": "DDP buckets", "allocator": "allocator"}
+             "ddp_buckets": "DDP buckets", "gathered_weights": "gathered weights", "reduce_buffers": "reduce buffers",
+             "allocator": "allocator"}
     parts = [f"{label} {memory.format_bytes(getattr(mem, key))}" for key, label in names.items() if getattr(mem, key)]
     return " + ".join(parts)
 

@@ -26,13 +26,16 @@ from gpt2lab.runtime.hardware import peak_flops
 from gpt2lab.runtime.perf import flops_per_token
 from gpt2lab.storage.atomic import OutputError
 from gpt2lab.storage.run_directory import RunDirectory
-from gpt2lab.train.batch import auto_batch_size, grad_accum_steps, with_batch_size
-from gpt2lab.train.checkpointing import Checkpointer, OptionalState, SameOnEveryRank, StepCounter
+from gpt2lab.hf.format import read_config
+from gpt2lab.train.batch import (StepMemory, auto_batch_size, choose_strategy, grad_accum_steps, step_memory_of,
+                                 with_batch_size)
+from gpt2lab.train.checkpointing import (Checkpointer, NonFiniteState, OptionalState, SameOnEveryRank, StepCounter,
+                                         model_source, resume_point)
 from gpt2lab.train.console import StepPrinter, StopSignals
-from gpt2lab.train.config import AUTO, TrainConfig, incompatible_fields, read_run_config, resolve_config, to_toml
+from gpt2lab.train.config import AUTO, TrainConfig, to_toml
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer
-from gpt2lab.train.parallel import ParallelModel
+from gpt2lab.train.parallel import ParallelModel, check_strategy
 from gpt2lab.train.schedule import set_lr
 from gpt2lab.train.step import NonFiniteStep, TrainStep
 from gpt2lab.train.trackers import check_trackers, make_sinks
@@ -86,20 +89,25 @@ class Trainer:
     def setup(self) -> None:
         check_trackers(self.config.log)  # a missing tracker package is one line now, not after the first steps
         self.device = self._start_processes()
+        self.amp_dtype = autocast_dtype(self.config.runtime.precision, self.device)
+        check_strategy(self.config.parallel.strategy, self.device, self.amp_dtype)
         self._lock_run_dir()
         checkpoint, config = self._resume_point()  # every rank checks before rank 0 writes anything
         self.data_vocab_size, self.eot_token = self._check_data(config)
         self.raw_model = self._make_model(config, checkpoint)
-        self.amp_dtype = autocast_dtype(config.runtime.precision, self.device)
+        step_memory = self._step_memory(config)
+        self.model = ParallelModel(self.raw_model, self.ctx, self.device, compile=config.runtime.compile,
+                                   strategy=self._choose_strategy(config, step_memory), amp_dtype=self.amp_dtype,
+                                   activation_checkpointing=config.runtime.activation_checkpointing)
+        step_memory = step_memory.with_strategy(self.model.strategy)
         if config.data.batch_size == AUTO:
-            config = with_batch_size(config, auto_batch_size(self.raw_model, config.data, config.optim.name,
-                                                             self.device, self.amp_dtype, self.ctx, log=self.log))
+            config = with_batch_size(config, auto_batch_size(self.model, config.data, step_memory, self.device,
+                                                             self.amp_dtype, self.ctx, log=self.log))
         self.config = cfg = config  # the resolved config: what config.toml records and a resume compares with
         self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
                                            self.ctx.world_size, cfg.data.grad_accum)
         self.train_loader, self.val_loader = self._make_loaders()
-        self._check_memory()
-        self.model = ParallelModel(self.raw_model, self.ctx, self.device, compile=cfg.runtime.compile)
+        self._check_memory(step_memory)
         optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
         self.train_step = TrainStep(self.model, optimizer, device=self.device, amp_dtype=self.amp_dtype,
                                     grad_accum=self.grad_accum, grad_clip=cfg.optim.grad_clip,
@@ -108,15 +116,18 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         self.hellaswag = self._load_hellaswag()
-        self._prepare_run_dir(resumed=checkpoint is not None)
+        self._prepare_run_dir(resumed=checkpoint is not None or self.starts_over)
 
     def _start_processes(self) -> torch.device:
-        """This process's device, in the process group when torchrun started it, with the device's speed-ups."""
+        """This process's device, in the process group when torchrun started it (FSDP needs one even alone), with
+        the device's speed-ups."""
         runtime = self.config.runtime
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
         device = resolve_device(runtime.device)
-        self.ctx = distributed.setup(device)
+        self.joined_alone = not torch.distributed.is_initialized() and not distributed.launched_by_torchrun()
+        self.ctx = distributed.setup(device, join_alone=self.config.parallel.strategy == "fsdp")
+        self.joined_alone &= torch.distributed.is_initialized()  # a group of its own, to leave at the end
         device = distributed.process_device(device, self.ctx)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput, loss unaffected
@@ -125,6 +136,20 @@ class Trainer:
         else:
             keep_freed_memory()  # CPU: up to 2x faster steps (no page faults on every step's big buffers)
         return device
+
+    def _step_memory(self, config: TrainConfig) -> StepMemory:
+        # The process's own memory is measured (a tiny step) only where a choice depends on it.
+        chooses = config.data.batch_size == AUTO or (config.parallel.strategy == "auto" and self.ctx.enabled)
+        return step_memory_of(self.raw_model, config, self.device, self.amp_dtype, self.ctx, measure_runtime=chooses)
+
+    def _choose_strategy(self, config: TrainConfig, step_memory: StepMemory) -> str:
+        if config.parallel.strategy != "auto":
+            return config.parallel.strategy
+        local = self.ctx.local_world_size if self.device.type == "cpu" else 1
+        strategy, reason = choose_strategy(step_memory, config.data, local)
+        if self.ctx.enabled:
+            self.log(f"parallel.strategy auto: {strategy} ({reason})")
+        return strategy
 
     def _lock_run_dir(self) -> None:
         """Rank 0 takes the run directory's lock (creating the directory) before anything else touches it; every
@@ -142,20 +167,8 @@ class Trainer:
             raise GPT2LabError(refusal)
 
     def _resume_point(self) -> tuple[Path | None, TrainConfig]:
-        """The checkpoint to resume from (or None), and the config to run: the given one, once the run directory
-        allows it; a resumed data.batch_size of "auto" is the number the run chose when it started."""
-        checkpoint = self.run_dir.checkpoint_to_resume(self.resume, self.overwrite)
-        config = self.config
-        if checkpoint is None:
-            return None, config
-        saved = resolve_config(base=read_run_config(self.run_dir.path))
-        if config.data.batch_size == AUTO:  # chosen when the run started: the token stream depends on it
-            config = with_batch_size(config, saved.data.batch_size)
-            self.log(f"data.batch_size auto: {saved.data.batch_size}, as the run chose when it started")
-        differences = incompatible_fields(saved, config)
-        if differences:
-            raise BadValue("resume", f"cannot continue this run: the config differs from the run's saved config in "
-                               f"{'; '.join(differences)}; resume with the original values or start a new run")
+        checkpoint, config, self.starts_over = resume_point(self.run_dir, self.config, self.resume, self.overwrite,
+                                                            log=self.log)
         return checkpoint, config
 
     @staticmethod
@@ -172,7 +185,9 @@ class Trainer:
     def _make_model(self, config: TrainConfig, checkpoint) -> GPT:
         from gpt2lab.data.manifest import check_vocabulary
 
-        if checkpoint is not None:
+        if checkpoint is not None and model_source(checkpoint) is None:  # sharded: the checkpointer loads it
+            model = GPT(read_config(checkpoint), init_weights=False).to(self.device)
+        elif checkpoint is not None:
             model = load_model(checkpoint, device=self.device)
         elif config.model.init == "scratch":
             torch.manual_seed(config.runtime.seed)  # same initial weights on every rank (DDP also broadcasts them)
@@ -197,20 +212,15 @@ class Trainer:
                           shuffle=False)
         return train, val
 
-    def _check_memory(self) -> None:
+    def _check_memory(self, step_memory: StepMemory) -> None:
         """On a CPU, refuse a micro-batch whose step cannot fit in memory before the first step tries (and the OOM
         killer ends it, or something else). A GPU reports its own out-of-memory error, so it is not checked."""
         if self.device.type != "cpu":
             return
-        from gpt2lab.runtime.hardware import device_spec
-        from gpt2lab.train.batch import StepMemory, parameter_counts
-
         cfg, arch = self.config, self.raw_model.config
         processes = self.ctx.local_world_size  # torchrun: the processes on this machine share its memory
-        params = parameter_counts(arch, cfg.optim.name)
-        # the weights and the process itself are resident already, and so not in the available memory
-        step = StepMemory(arch, params, device_spec(self.device, self.amp_dtype), self.ctx.world_size, runtime=0)
-        needed = step.estimate(cfg.data.batch_size, cfg.data.seq_len, self.grad_accum).total - 4 * params.total
+        estimate = step_memory.estimate(cfg.data.batch_size, cfg.data.seq_len, self.grad_accum)
+        needed = estimate.total - estimate.weights - estimate.runtime  # the weights and the process are resident
         shape = f"(x data.seq_len {cfg.data.seq_len}" + (f", x {processes} processes here)" if processes > 1 else ")")
         memory.check_fits("data.batch_size", f"{cfg.data.batch_size} {shape}", needed * processes, self.device,
                           "for one training step")
@@ -224,11 +234,11 @@ class Trainer:
     def _make_checkpointer(self, optimizer) -> Checkpointer:
         """The trainer's pieces of state, by name: with the weights and each process's RNG (which the checkpointer
         saves itself), everything that decides what the next step computes."""
-        return Checkpointer(self.run_dir, self.raw_model, self.ctx, self.device, progress=self.counter,
-                            states={"optimizer": optimizer, "scaler": OptionalState(self.train_step.scaler)},
+        return Checkpointer(self.run_dir, self.raw_model, optimizer, self.ctx, self.device, progress=self.counter,
+                            states={"scaler": OptionalState(self.train_step.scaler)},
                             rank_states={"loader": SameOnEveryRank(self.train_loader)},
                             config=self.config.to_dict(), keep=self.config.checkpoint.keep,
-                            seed=self.config.runtime.seed)
+                            seed=self.config.runtime.seed, sharded=self.model.sharded)
 
     def _restore(self, checkpoint: Path) -> None:
         saved = self.checkpointer.load(checkpoint)  # the weights came with the model (_make_model)
@@ -254,7 +264,7 @@ class Trainer:
         """Rank 0 writes config.toml (and forgets the metrics a killed run logged past its checkpoint) and opens
         the metrics log with its dashboards; the other ranks wait for it."""
         distributed.barrier()
-        resumed_step = self.step if resumed else None
+        resumed_step = self.step if resumed else None  # 0 when a run killed before its first checkpoint starts over
         sinks = []  # dashboards: rank 0 only, like metrics.jsonl
         if self.ctx.is_main:
             self.run_dir.prepare(to_toml(self.config), overwrite=self.overwrite, resumed_step=resumed_step)
@@ -274,6 +284,8 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()  # the dashboards' last events are written, the W&B run is finished
             self.run_dir.release(failed)
+            if getattr(self, "joined_alone", False):
+                distributed.teardown()
 
     def _run(self) -> TrainResult:
         self.setup()
@@ -311,7 +323,7 @@ class Trainer:
                     val = self._periodic(max_steps)
                     val_loss = val if val is not None else val_loss
                     if signals.requested():
-                        self.checkpointer.save()
+                        self._save_checkpoint()
                         self.log(f"stopped by {signals.name} at step {self.step}: checkpoint saved; continue with "
                                  f"the same command plus --resume")
                         return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s(), True, 130)
@@ -339,8 +351,15 @@ class Trainer:
                 and self.ctx.is_main:
             self._write_samples()
         if due(self.config.checkpoint.every) or last:
-            self.checkpointer.save()
+            self._save_checkpoint(final=last)
         return val_loss
+
+    def _save_checkpoint(self, final: bool = False) -> None:
+        try:
+            self.checkpointer.save(final=final)
+        except NonFiniteState as e:
+            raise TrainingDiverged(f"{e}: {self._last_good_checkpoint()}; lower optim.lr or raise "
+                                   f"schedule.warmup_steps and resume or restart") from None
 
     def _peak_memory(self) -> dict:
         # The highest reading so far, not the last: Linux's VmHWM can read a few hundred KiB lower than a moment

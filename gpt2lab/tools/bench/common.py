@@ -102,7 +102,7 @@ def hf_twin(model: GPT):
     transformers = _transformers()
     hf_config = transformers.GPT2Config(**config_to_hf(model.config))
     hf = transformers.GPT2LMHeadModel(hf_config)
-    missing, unexpected = hf.load_state_dict(state_dict_to_hf(model), strict=False)
+    missing, unexpected = hf.load_state_dict(state_dict_to_hf(model.state_dict()), strict=False)
     assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
     hf.tie_weights()
     return hf
