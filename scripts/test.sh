@@ -4,10 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-# The playground's test drives a real browser: Debian's chromium and its driver, installed where we may (root, apt).
-if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "test: installing chromium + chromium-driver (for the playground's browser test)"
+# Debian packages some tests drive, installed where we may (root, apt): a real browser for the playground's test,
+# GNU time for the FSDP memory test's peak over torchrun.
+missing=""
+command -v chromedriver >/dev/null 2>&1 || missing="chromium chromium-driver"
+[ -x /usr/bin/time ] || missing="$missing time"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "test: installing $missing (for the playground's browser test and the FSDP memory test)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      chromium chromium-driver; } >/dev/null 2>&1 || echo "test: could not install chromium; the browser test will be skipped"
+      $missing; } >/dev/null 2>&1 || echo "test: could not install $missing; the tests that need them will be skipped"
 fi
 exec .venv/bin/python -m pytest -q "$@"

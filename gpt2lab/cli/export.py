@@ -12,7 +12,7 @@ def add_command(commands):
         description="Write RUN's newest checkpoint (or --step N's) as config.json + model.safetensors + GPT-2's "
         "tokenizer files in --out: what transformers, lm-eval and every gpt2lab command read. A sharded (FSDP) "
         "checkpoint is gathered into one model on this machine's CPU.")
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--step", type=int, metavar="N", help="the checkpoint of step N (default: the newest)")
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (created; must be empty)")
     p.set_defaults(run=run)
@@ -24,7 +24,7 @@ def run(args) -> int:
     from gpt2lab.storage.run_directory import RunDirectory
     from gpt2lab.train.checkpointing import export_checkpoint
 
-    run_dir = RunDirectory(args.run)
+    run_dir = RunDirectory(args.run_dir)
     found = dict(run_dir.checkpoints())
     if not found:
         raise GPT2LabError(f"{run_dir.path} has no complete checkpoint (is it a run directory of `gpt2lab train`?)")

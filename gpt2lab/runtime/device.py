@@ -106,6 +106,23 @@ def keep_freed_memory() -> None:
     MALLOC_MMAP_MAX_=0 environment setting, or preloading jemalloc/tcmalloc). Peak memory is unchanged; memory
     freed at the peak is kept for reuse rather than returned. A no-op where glibc's mallopt is unavailable.
     """
+    _mallopt({M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1})
+
+
+def return_freed_memory() -> None:
+    """The opposite choice, for FSDP on a CPU: every block over 1 MiB is its own mmap, handed back when freed.
+
+    Why: a sharded model allocates and frees each block's whole weights and gradients at every step; kept in a
+    fragmenting heap, those add up to more resident memory than the shards save (measured: a 2-process GPT-2 124M
+    step peaked at 3.8 GB with the heap kept, 1.9 GB with this, against 3.1 GB for DDP). The page faults cost
+    less than the memory."""
+    _mallopt({M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 1 << 20, M_TRIM_THRESHOLD: 128 * 1024}, trim=True)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # from glibc's malloc.h
+
+
+def _mallopt(settings: dict, trim: bool = False) -> None:
     import ctypes
     import ctypes.util
 
@@ -115,6 +132,7 @@ def keep_freed_memory() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):  # macOS, Windows, musl: nothing to do
         return
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
+    for option, value in settings.items():
+        mallopt(option, ctypes.c_int(value))
+    if trim and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)  # what the heap holds free now goes back too

@@ -248,12 +248,17 @@ def _safetensors_problem(path: Path) -> str | None:
 
 def resumable_checkpoint(run: RunDirectory, log=print) -> Path | None:
     """The newest checkpoint of `run` that can be resumed from, saying which newer ones it skips and why (they
-    are left in place); None when the run has none."""
+    are left in place); None when the run has none; refused when it has some but every one is damaged."""
+    damaged = []
     for _, checkpoint in reversed(run.checkpoints()):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             return checkpoint
         log(f"warning: skipping damaged checkpoint {checkpoint}: {problem}")
+        damaged.append(f"{checkpoint.name}: {problem}")
+    if damaged:
+        raise CheckpointError(f"every checkpoint of {run.path} is damaged ({'; '.join(damaged)}); nothing to resume "
+                              f"from: restore the files, or start again with --overwrite")
     return None
 
 

@@ -13,6 +13,7 @@ and a DDP checkpoint's optimizer state (whole, keyed by position) resumes under 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from gpt2lab.errors import CheckpointError, first_line
@@ -52,7 +53,9 @@ def load_sharded(checkpoint: Path, model, optimizer=None) -> None:
     try:
         if optimizer is None:
             state = {"model": get_model_state_dict(model)}
-            dcp.load(state, checkpoint_id=path)
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load(state, checkpoint_id=path)
             set_model_state_dict(model, state["model"])
             return
         optimizers = optimizers_of(optimizer)

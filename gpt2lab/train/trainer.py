@@ -21,7 +21,8 @@ import torch
 from gpt2lab.errors import BadValue, GPT2LabError
 from gpt2lab.model.gpt import GPT, load_model
 from gpt2lab.runtime import distributed, memory
-from gpt2lab.runtime.device import autocast, autocast_dtype, keep_freed_memory, resolve_device
+from gpt2lab.runtime.device import (autocast, autocast_dtype, keep_freed_memory, resolve_device,
+                                    return_freed_memory)
 from gpt2lab.runtime.hardware import peak_flops
 from gpt2lab.runtime.perf import flops_per_token
 from gpt2lab.storage.atomic import OutputError
@@ -100,6 +101,8 @@ class Trainer:
                                    strategy=self._choose_strategy(config, step_memory), amp_dtype=self.amp_dtype,
                                    activation_checkpointing=config.runtime.activation_checkpointing)
         step_memory = step_memory.with_strategy(self.model.strategy)
+        if self.model.sharded and self.device.type == "cpu":
+            return_freed_memory()  # see there: a sharded model's freed blocks must not stay resident
         if config.data.batch_size == AUTO:
             config = with_batch_size(config, auto_batch_size(self.model, config.data, step_memory, self.device,
                                                              self.amp_dtype, self.ctx, log=self.log))
