@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny models, and Hugging Face reference models saved to local directories."""
+"""Shared test helpers: tiny models, Hugging Face reference models saved to local directories, the CLI in a
+subprocess; the session's own gpt2lab cache; and the `slow` mark of every end-to-end test (tests/e2e/)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,24 @@ import torch  # noqa: E402
 from gpt2lab import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
+E2E = Path(__file__).resolve().parent / "e2e"
 # Tests never wait on the network: huggingface_hub answers from the cache (or fails) at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# Fixtures from the helper modules that build what they return (hellaswag_file: a HellaSwag file).
+pytest_plugins = ["tests.eval_utils"]
+
 # A deliberately odd shape: nothing is a power of two, and head_dim (16) differs from n_head (3).
 ODD = dict(n_layer=3, n_head=3, n_embd=48, block_size=37, vocab_size=1011)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e/ starts processes (the CLI, torchrun, pip, a server, a browser): all are `slow`, so
+    that `pytest -m "not slow"` runs the in-process unit tests of tests/unit/ alone."""
+    for item in items:
+        if E2E in item.path.resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,5 @@
-"""Helpers for the training tests: tiny token datasets in the `gpt2lab prepare` format, tiny configs."""
+"""Helpers for the training tests: tiny token datasets in the `gpt2lab prepare` format, tiny configs, the CLI
+in-process, and reading a run's metrics."""
 
 import json
 
@@ -65,3 +66,74 @@ def forward_backward(model, batches, grad_accum: int = 1, parallel=None):
 
     parallel = parallel or ParallelModel(model)
     return TrainStep(parallel, None, device="cpu", grad_accum=grad_accum).forward_backward(iter(batches))
+
+
+def quiet(line):
+    pass
+
+
+def one_line_error(result, *needles):
+    """A refused command: exit code 2 and one line on stderr (no traceback) holding every needle."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def run_main(capsys, *argv):
+    """The CLI in-process (same code path as the subprocess, without paying torch's import again)."""
+    from gpt2lab.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return type("Result", (), {"returncode": code, "stdout": out, "stderr": err})
+
+
+def dry_run_json(capsys, *argv) -> dict:
+    result = run_main(capsys, "train", "--dry-run", "--json", *argv)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def overrides_of(flags) -> list[list[str]]:
+    return [flag.split("=", 1) for flag in flags[1::2]]  # ["--set", "key=value", ...]
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_records(run_dir) -> list[dict]:
+    return [r for r in metrics(run_dir) if "loss" in r]
+
+
+def write_hellaswag(path, n=12):
+    """Ending 0 is one word, the others four, and it is always the right one: the summed loss (acc) favours the
+    short ending, the mean (acc_norm) does not, so acc and acc_norm differ and swapping them shows."""
+    words = "the a man dog runs into water ball kitchen then and snow skis camera smiles slowly".split()
+    pick = lambda k: words[k % len(words)]  # noqa: E731
+    rows = [{"ctx": f"{pick(i).capitalize()} {pick(5 * i + 1)}",
+             "endings": [pick(i + 2) + "."] + [" ".join(pick(3 * i + 4 * k + j) for j in range(4)) + "."
+                                               for k in range(1, 4)],
+             "label": 0} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- dashboards
+# train/* tags <- the record keys of metrics.jsonl
+TRAIN_KEYS = {"train/loss": "loss", "train/lr": "lr", "train/grad_norm": "grad_norm",
+              "train/tokens_per_s": "tokens_per_s", "train/ms_per_step": "ms_per_step"}
+
+
+def tracked_config(tmp_path, **changes):
+    data = write_dataset(tmp_path / "data")
+    examples = write_hellaswag(tmp_path / "hellaswag.jsonl")
+    return tiny_config(data, data__batch_size=2, schedule__max_steps=6, eval__val_every=3, eval__sample_every=3,
+                       eval__sample_count=1, eval__sample_tokens=8, eval__hellaswag_every=3,
+                       eval__hellaswag_data=examples, checkpoint__every=3, **changes)
+
+
+def expected(run, key) -> dict[int, float]:
+    return {r["step"]: r[key] for r in metrics(run) if key in r}
