@@ -1,6 +1,7 @@
 """Helpers for the training tests: tiny token datasets in the `gpt2lab prepare` format, tiny configs, the CLI
 in-process, and reading a run's metrics."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -137,3 +138,31 @@ def tracked_config(tmp_path, **changes):
 
 def expected(run, key) -> dict[int, float]:
     return {r["step"]: r[key] for r in metrics(run) if key in r}
+
+
+@contextlib.contextmanager
+def one_process_group():
+    """A gloo process group of this process alone (what FSDP's device mesh needs), left again afterwards."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def tiny_sharded(seed: int = 0, **overrides):
+    """(a tiny GPT sharded by FSDP2 over one process, the same model whole): call inside one_process_group()."""
+    import torch
+
+    from gpt2lab.model.gpt import GPT, GPTConfig
+    from gpt2lab.runtime.distributed import DistContext
+    from gpt2lab.train.parallel import ParallelModel
+
+    config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128), **overrides})
+    torch.manual_seed(seed)
+    whole = GPT(config)
+    sharded = GPT(config)
+    sharded.load_state_dict(whole.state_dict())
+    return ParallelModel(sharded, DistContext(), "cpu", strategy="fsdp"), whole

@@ -19,8 +19,8 @@ def test_bad_inputs_in_process(tmp_path, capsys):
     one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(foreign)), "another tokenizer")
     one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(data, model__vocab_size=1000)),
                    "model.vocab_size is 1000")
-    one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", "--resume", *cli_flags(data)),
-                   "no complete checkpoint")
+    fresh = run_main(capsys, "train", "--out", tmp_path / "fresh", "--resume", *cli_flags(data, schedule__max_steps=2))
+    assert fresh.returncode == 0 and "no complete checkpoint to resume from: starting from step 0" in fresh.stdout
     one_line_error(run_main(capsys, "train", "--out", tmp_path / "r", *cli_flags(data, data__seq_len=32, data__total_batch_tokens=128)),
                    "longer than the model's context")
     one_line_error(run_main(capsys, "plot", tmp_path / "r", "--out", tmp_path / "x.png"), "no metrics.jsonl")

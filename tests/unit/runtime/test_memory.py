@@ -92,3 +92,32 @@ def test_the_memory_terms_follow_the_optimizer_precision_accumulation_and_proces
     assert bf16.activations < adamw.activations and bf16.logits == adamw.logits  # the loss stays float32
     assert step(world_size=8).ddp_buckets == 4 * counts.total and adamw.ddp_buckets == 0
     assert step().total < memory.estimate_training(arch, 16, 128, params=counts.total, cast_params=counts.cast).total
+
+
+def test_fsdp_divides_the_states_by_the_processes_and_adds_what_it_gathers():
+    from gpt2lab.runtime.memory import block_and_root_params, estimate_training
+
+    params = 124_475_904
+    block, root = block_and_root_params(GPT2)
+    assert 12 * block + root == GPT2.n_layer * (12 * 768 * 768 + 13 * 768) + (50257 + 1024 + 2) * 768
+    kwargs = dict(params=params, cast_params=params, world_size=8)
+    ddp = estimate_training(GPT2, 1, 64, **kwargs)
+    fsdp = estimate_training(GPT2, 1, 64, **kwargs, sharded=True)
+    assert fsdp.weights == ddp.weights // 8 and fsdp.optimizer == ddp.optimizer // 8
+    assert fsdp.ddp_buckets == 0 < ddp.ddp_buckets
+    assert fsdp.gathered_weights == 4 * (2 * block + root) and fsdp.reduce_buffers == 4 * block * 2
+    # accumulating, FSDP keeps the whole gradients (reduced on the last micro-step only): in bf16 on GPUs
+    held = estimate_training(GPT2, 1, 64, **kwargs, sharded=True, grad_accum=2, amp_bytes=2,
+                             low_precision_params=True)
+    assert held.gradients == 2 * params and held.autocast_weights == 0
+
+
+def test_activation_checkpointing_keeps_a_block_s_input_per_layer():
+    from gpt2lab.runtime.memory import estimate_training
+
+    kwargs = dict(params=1, cast_params=1)
+    full = estimate_training(GPT2, 4, 256, **kwargs).activations
+    checkpointed = estimate_training(GPT2, 4, 256, **kwargs, checkpointed=True).activations
+    per_layer = 17 * 4 * 768 + 4 * 12  # one block's saved values, float32, per token
+    assert checkpointed == 4 * 256 * (12 * 4 * 768 + per_layer + 2 * 4 * 768)
+    assert full == 4 * 256 * (12 * per_layer + 2 * 4 * 768) and checkpointed < full / 3

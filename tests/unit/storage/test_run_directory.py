@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gpt2lab.errors import BadValue, GPT2LabError
+from gpt2lab.errors import GPT2LabError
 from gpt2lab.storage.run_directory import RunDirectory, read_metrics, truncate_metrics
 
 
@@ -45,22 +45,19 @@ def test_pruning_keeps_the_newest_and_a_stale_temporary_is_removed(tmp_path):
     assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step_00000008"]
 
 
-def test_the_checkpoint_a_launch_continues_from_and_two_runs_never_mixed(tmp_path):
+def test_a_directory_holds_a_run_once_any_of_the_run_s_files_is_there(tmp_path):
+    """What decides, with the checkpoints (train/checkpointing.resume_point), whether a launch may start here."""
     run = RunDirectory(tmp_path / "run")
-    assert run.checkpoint_to_resume(resume=False, overwrite=False) is None  # nothing there: a fresh start
-    with pytest.raises(BadValue, match="found no complete checkpoint in .* to resume from") as refused:
-        run.checkpoint_to_resume(resume=True, overwrite=False)
-    assert refused.value.param == "resume"
+    assert not run.holds_run()
     run.path.mkdir()
+    (run.path / "my-notes.md").write_text("mine")
+    assert not run.holds_run()  # a user's own files are not a run
     run.metrics_file.write_text('{"step": 1, "loss": 5.0}\n')  # a run was started here
-    with pytest.raises(GPT2LabError, match="already holds a training run; pass --resume to continue it"):
-        run.checkpoint_to_resume(resume=False, overwrite=False)
-    assert run.checkpoint_to_resume(resume=False, overwrite=True) is None
-    checkpoint(run, 5)
-    assert run.checkpoint_to_resume(resume=True, overwrite=False) == run.checkpoint_dir(5)
+    assert run.holds_run()
+    run.check_is_directory()
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(GPT2LabError, match="is a file; choose another --out"):
-        RunDirectory(tmp_path / "file").checkpoint_to_resume(resume=False, overwrite=False)
+        RunDirectory(tmp_path / "file").check_is_directory()
 
 
 def test_overwrite_removes_the_run_s_own_files_only(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from gpt2lab.model.gpt import GPT
 from gpt2lab.runtime import hardware
 from gpt2lab.train import batch, plan
+from gpt2lab.train.parallel import ParallelModel
 from gpt2lab.train.batch import grad_accum_steps
 from gpt2lab.train.config import resolve_config
 
@@ -88,11 +89,12 @@ def test_auto_backs_off_when_a_gpu_runs_out_of_memory(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ...")
 
     monkeypatch.setattr(batch, "_trial_step", trial)
-    assert batch.confirm_batch_size(net, [8, 4, 2, 1], 16, torch.device("cpu"), None, 0, log=said.append) == 2
+    assert batch.confirm_batch_size(ParallelModel(net), [8, 4, 2, 1], 16, torch.device("cpu"), None, 0,
+                                    log=said.append) == 2
     assert tried == [8, 4, 2] and "8 ran out of memory" in said[0] and "trying 4" in said[0]
     monkeypatch.setattr(batch, "_trial_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
     with pytest.raises(batch.GPT2LabError, match="even 1 sequence of 16 tokens runs out of memory"):
-        batch.confirm_batch_size(net, [2, 1], 16, torch.device("cpu"), None, 0, log=said.append)
+        batch.confirm_batch_size(ParallelModel(net), [2, 1], 16, torch.device("cpu"), None, 0, log=said.append)
 
 
 def test_the_trial_step_leaves_no_trace(tmp_path):
@@ -102,7 +104,7 @@ def test_the_trial_step_leaves_no_trace(tmp_path):
                                         ("model.block_size", "16"), ("model.vocab_size", "64")]).model.gpt_config())
     weights = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    batch._trial_step(net, 4, 16, torch.device("cpu"), None, 0)
+    batch._trial_step(ParallelModel(net), 4, 16, torch.device("cpu"), None, 0)
     assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
@@ -112,3 +114,24 @@ def test_runtime_measurement_leaves_the_global_rng_alone():
     rng = torch.get_rng_state()
     assert batch.runtime_bytes(hardware.device_spec(torch.device("cpu"), None), "adamw") > 50 * 2**20
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_auto_strategy_keeps_ddp_while_a_whole_copy_fits_and_shards_when_only_that_fits():
+    """parallel.strategy = "auto" on 8 planned 24 GB GPUs: GPT-2 124M fits whole (DDP); gpt2-xl does not at any
+    micro-batch, while its shards do (FSDP)."""
+    from gpt2lab.model.config import GPTConfig
+
+    device = hardware.planned_device("rtx4090")
+    config = resolve_config("gpt2-124m-fineweb-edu", overrides=[("data.batch_size", "auto")])
+
+    def memory_of(arch):
+        return batch.StepMemory(arch, batch.parameter_counts(arch, "adamw"), device, 8, batch.CUDA_CONTEXT_BYTES)
+
+    small = memory_of(config.model.gpt_config())
+    assert batch.choose_strategy(small, config.data)[0] == "ddp"
+    xl = memory_of(GPTConfig.from_preset("gpt2-xl", vocab_size=50304))
+    strategy, why = batch.choose_strategy(xl, config.data)
+    assert strategy == "fsdp" and "does not fit at any micro-batch" in why
+    assert batch.choose_strategy(batch.StepMemory(xl.arch, xl.params, device, 1, 0), config.data)[0] == "ddp"  # alone
+    fixed = resolve_config("gpt2-124m-fineweb-edu", overrides=[("data.batch_size", "64")]).data
+    assert batch.choose_strategy(small, fixed)[0] == "fsdp"  # 64 x 1024 tokens: no whole copy fits; shards need least

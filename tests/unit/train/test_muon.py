@@ -200,3 +200,26 @@ def test_a_muon_trained_checkpoint_is_plain_gpt2_for_transformers(tmp_path):
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
         assert (hf.eval()(idx).logits - ours(idx)[0]).abs().max() < 1e-4
+
+
+def test_the_sharded_path_gathers_orthogonalises_and_scatters_the_same_updates():
+    """FSDP's Muon (the owner gathers a matrix's row shards, orthogonalises it whole, scatters the update's rows
+    back), here over one process: the same step as the whole model's, for matrices of several shapes."""
+    from gpt2lab.train.config import OptimSection
+    from gpt2lab.train.optim import make_optimizer
+    from gpt2lab.train.parallel import ParallelModel
+    from gpt2lab.train.step import TrainStep, repeat
+    from tests.train_utils import one_process_group, tiny_sharded
+
+    settings = OptimSection(name="muon", muon_ns_dtype="fp32", grad_clip=0.0)
+    with one_process_group():
+        sharded, whole = tiny_sharded(n_embd=48, n_head=3)
+        steps = [TrainStep(model, make_optimizer(model.raw, settings, torch.device("cpu")), device="cpu")
+                 for model in (sharded, ParallelModel(whole))]
+        x = torch.randint(0, 128, (2, 17), generator=torch.Generator().manual_seed(0))
+        for i in range(3):
+            for step in steps:
+                step(i, repeat((x[:, :-1], x[:, 1:])))
+        for name, p in whole.named_parameters():
+            q = dict(sharded.raw.named_parameters())[name].full_tensor()
+            assert torch.allclose(p, q, atol=1e-6), name

@@ -53,7 +53,7 @@ def test_the_text_plan_names_what_a_user_needs(tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     for needle in ("plan (estimates)", "parameters", "tokens/step = 4 x 16 x 1 process(es) x 1 micro-step(s)",
-                   "20,000 train tokens", "per process at a step's peak (bf16, Muon + AdamW)", "runtime",
+                   "20,000 train tokens", "per process at a step's peak (bf16, Muon + AdamW, one process)", "runtime",
                    "autocast copies", "logits", f"assumed {plan.DEFAULT_MFU['cpu'][0]:.0%} MFU",
                    "measured: bfloat16 matmul", "checkpoints ~"):
         assert needle in text, text
