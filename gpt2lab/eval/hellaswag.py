@@ -267,8 +267,14 @@ def evaluate(model, examples, batch_size: int = 8, device=None, autocast_dtype=N
     """
     started = time.perf_counter()
     rank, world_size = distributed.rank_and_world()
-    labels = torch.tensor([ex.label for ex in examples[rank::world_size]], dtype=torch.long)
-    sums, means = score(model, examples[rank::world_size], batch_size, device, autocast_dtype, tokenizer)
+    mine = examples[rank::world_size]
+    labels = torch.tensor([ex.label for ex in mine], dtype=torch.long)
+    # Every rank runs as many forward passes as the others (a sharded model computes each one with all ranks):
+    # the ranks with one example fewer score a copy of the first, left out of the counts.
+    share = -(-len(examples) // world_size)
+    padded = mine + examples[:1] * (share - len(mine))
+    sums, means = score(model, padded, batch_size, device, autocast_dtype, tokenizer)
+    sums, means = sums[: len(mine)], means[: len(mine)]
     counts = torch.tensor(
         [len(labels), (sums.argmin(dim=1) == labels).sum(), (means.argmin(dim=1) == labels).sum()],
         dtype=torch.long,

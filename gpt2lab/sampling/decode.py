@@ -87,7 +87,7 @@ def unembedding_for_decoding(model):
     (154 MB for gpt2 in float32, 77 MB in bf16) lives as long as the generation.
     """
     weight = model.lm_head.weight.detach()
-    if weight.device.type != "cpu":
+    if weight.device.type != "cpu" or hasattr(weight, "to_local"):  # a GPU, or sharded (FSDP): lm_head as it is
         return None
     if cpu_decode.uses_packed_bf16(weight, weight):
         return cpu_decode.PackedLinear(weight, weight)  # the embedding is (vocab, n_embd): (out, in) as packed

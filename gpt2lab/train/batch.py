@@ -207,13 +207,19 @@ def choose_strategy(step_memory: StepMemory, data, local_processes: int = 1) -> 
         return "ddp", "one process: nothing to shard"
     budget = step_memory.budget(local_processes)
     where = f"{memory.format_bytes(budget)} usable per process on {step_memory.device.name}"
-    if data.batch_size == AUTO:
-        try:
-            choose_batch_size(step_memory.with_strategy("ddp"), data.total_batch_tokens, data.seq_len,
-                              local_processes)
-            return "ddp", f"a whole copy fits at some micro-batch; {where}"
-        except GPT2LabError:
-            return "fsdp", f"a whole copy does not fit at any micro-batch; {where}"
+    if data.batch_size == AUTO:  # each strategy at the largest micro-batch it fits, if any
+        fitting = {}
+        for strategy in ("ddp", "fsdp"):
+            memory_of = step_memory.with_strategy(strategy)
+            try:
+                b = choose_batch_size(memory_of, data.total_batch_tokens, data.seq_len, local_processes)
+            except GPT2LabError:
+                continue
+            accum = data.total_batch_tokens // (b * data.seq_len * step_memory.world_size)
+            fitting[strategy] = f"~{memory.format_bytes(memory_of.estimate(b, data.seq_len, accum).total)} at " \
+                                f"micro-batch {b}"
+        described = ", ".join(f"{s.upper()} {fitting.get(s, 'does not fit')}" for s in ("ddp", "fsdp"))
+        return ("ddp" if "ddp" in fitting else "fsdp"), f"{described}; {where}"
     accum = grad_accum_steps(data.total_batch_tokens, data.batch_size, data.seq_len, step_memory.world_size)
     sizes = {s: step_memory.with_strategy(s).estimate(data.batch_size, data.seq_len, accum).total
              for s in ("ddp", "fsdp")}

@@ -350,8 +350,9 @@ class Trainer:
             self.log(f"step {step}: val loss {val_loss:.4f}")
         if eval_cfg.hellaswag_every and due(eval_cfg.hellaswag_every):
             self._hellaswag()
+        # rank 0 samples; under FSDP every rank computes the (same) samples with it, each forward pass being collective
         if eval_cfg.sample_every and eval_cfg.sample_count and eval_cfg.sample_tokens and due(eval_cfg.sample_every) \
-                and self.ctx.is_main:
+                and (self.ctx.is_main or self.model.sharded):
             self._write_samples()
         if due(self.config.checkpoint.every) or last:
             self._save_checkpoint(final=last)
@@ -424,6 +425,8 @@ class Trainer:
                              count=eval_cfg.sample_count, batch_size=eval_cfg.sample_count)
         texts = [tokenizer.decode(prompt + row) for _, row in rows]
         model.train()
+        if not self.ctx.is_main:
+            return
         block = "".join(f"--- step {self.step}, sample {i + 1} ---\n{t}\n" for i, t in enumerate(texts))
         path = self.run_dir.samples_file
         with reporting_refusals(path), open(path, "a", encoding="utf-8") as f:

@@ -45,9 +45,16 @@ def base(tmp_path_factory):
     checkpoints every 3 steps, all kept."""
     root = tmp_path_factory.mktemp("fsdp")
     data = write_dataset(root / "data", train_tokens=40_000)
+    hellaswag = root / "hellaswag.jsonl"  # 3 examples: the two ranks score 2 and 1, in equal forward passes
+    hellaswag.write_text("".join(json.dumps({"ctx": f"A man {i}", "endings": ["runs.", "sits.", "eats.", "is."],
+                                             "label": i}) + "\n" for i in range(3)))
     flags = cli_flags(data, schedule__max_steps=STEPS, data__batch_size=2, data__total_batch_tokens=128,
-                      checkpoint__every=EVERY, checkpoint__keep=10)
-    trained(torchrun(2, "--out", root / "fsdp", *flags, "--set", "parallel.strategy=fsdp"))
+                      checkpoint__every=EVERY, checkpoint__keep=10, eval__sample_every=6, eval__sample_count=2,
+                      eval__sample_tokens=4, eval__hellaswag_every=6, eval__hellaswag_data=hellaswag)
+    result = trained(torchrun(2, "--out", root / "fsdp", *flags, "--set", "parallel.strategy=fsdp"))
+    metrics = [json.loads(line) for line in (root / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if "hellaswag_acc" in r] == [6, 12] and "(n=3)" in result.stdout
+    assert (root / "fsdp" / "samples.txt").read_text().count("--- step") == 4  # sampled (rank 0 writes them)
     return root, flags
 
 
