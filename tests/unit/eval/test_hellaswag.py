@@ -169,3 +169,24 @@ def test_a_batch_too_large_for_memory_is_refused_in_one_line(tiny_model_dir, hel
     _assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err),
                            "--batch-size 24 would need ~", "more than the 40 MiB available; lower it")
     assert code == 2
+
+
+def test_every_rank_runs_as_many_forward_passes_and_the_ranks_together_count_each_example_once(hellaswag_file,
+                                                                                               monkeypatch):
+    """Two ranks over 23 examples (12 and 11), seen from one process: the rank with fewer scores a padding copy
+    in an equal number of forward passes (a sharded model computes each with every rank), and leaves it out."""
+    model = tiny_gpt(vocab_size=50257, block_size=64)
+    examples = hellaswag.tokenize(hellaswag.load_examples(hellaswag_file))[:23]
+    whole = hellaswag.evaluate(model, examples, batch_size=4)
+    parts, passes = [], []
+    real = hellaswag.ending_losses
+    monkeypatch.setattr(hellaswag.distributed, "all_reduce_sum", lambda t: t)
+    for rank in (0, 1):
+        monkeypatch.setattr(hellaswag.distributed, "rank_and_world", lambda rank=rank: (rank, 2))
+        calls = []
+        monkeypatch.setattr(hellaswag, "ending_losses", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+        parts.append(hellaswag.evaluate(model, examples, batch_size=4))
+        passes.append(len(calls))
+    assert passes == [3, 3]  # 12 / 4 and (11 + 1 copy) / 4
+    assert [p.n for p in parts] == [12, 11]
+    assert sum(p.correct for p in parts) == whole.correct and sum(p.correct_norm for p in parts) == whole.correct_norm
