@@ -13,7 +13,7 @@ import torch
 from gpt2lab.model.gpt import GPT
 from gpt2lab.runtime.device import autocast_dtype, keep_freed_memory
 from gpt2lab.runtime.perf import time_calls
-from gpt2lab.train.config import resolve_config
+from gpt2lab.train.config_files import resolve_config
 from gpt2lab.train.optim import make_optimizer
 from gpt2lab.train.parallel import ParallelModel
 from gpt2lab.train.step import TrainStep, repeat

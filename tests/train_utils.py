@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from gpt2lab.train.config import resolve_config
+from gpt2lab.train.config_files import resolve_config
 
 # 2 layers, 32 dims, 16-token context: a step takes milliseconds, yet it is the real GPT-2 code path.
 TINY = {

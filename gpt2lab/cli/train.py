@@ -44,7 +44,8 @@ def add_command(commands):
 
 def run(args) -> int:
     from gpt2lab.storage.run_directory import RunDirectory
-    from gpt2lab.train.config import command_line_overrides, read_run_config, resolve_config, to_toml
+    from gpt2lab.train.config import to_toml
+    from gpt2lab.train.config_files import command_line_overrides, read_run_config, resolve_config
     from gpt2lab.train.trainer import train
 
     base = None

@@ -268,7 +268,8 @@ def resume_point(run: RunDirectory, config, resume: bool, overwrite: bool, log=p
     it (a resumed data.batch_size of "auto" is the number the run chose when it started). A run killed before its
     first checkpoint starts over from step 0 (starts_over), with or without --resume."""
     from gpt2lab.train.batch import with_batch_size
-    from gpt2lab.train.config import AUTO, incompatible_fields, resolve_config
+    from gpt2lab.train.config import AUTO, incompatible_fields
+    from gpt2lab.train.config_files import resolve_config
 
     run.check_is_directory()
     holds_run = run.holds_run()

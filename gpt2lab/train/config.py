@@ -1,8 +1,8 @@
-"""Training configuration: typed dataclasses, filled from defaults, a preset, a TOML/YAML file and the command line.
+"""Training configuration: the typed dataclasses, how one key is set from text, and RUN/config.toml.
 
-Resolution order (later wins): dataclass defaults -> `--preset NAME` (gpt2lab/presets/NAME.toml) -> `--config FILE`
--> `--set section.key=value` / `--section.key value` overrides (parsed here too: `command_line_overrides`). The
-resolved config is written to RUN/config.toml, so a run directory always says exactly how it was trained.
+A config is resolved from defaults, a preset, a file and the command line in train/config_files.py and checked in
+train/config_checks.py. The resolved config is written to RUN/config.toml, so a run directory always says exactly
+how it was trained.
 """
 
 import dataclasses
@@ -10,15 +10,10 @@ import difflib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from gpt2lab.errors import GPT2LabError, first_line
+from gpt2lab.errors import GPT2LabError
 from gpt2lab.model.config import GPTConfig
-from gpt2lab.storage.run_directory import RunDirectory
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-
 
 class ConfigError(GPT2LabError, ValueError):
     """A config file, preset or override that does not fit TrainConfig."""
@@ -240,172 +235,6 @@ def apply_mapping(config: TrainConfig, mapping: dict, where: str) -> None:
                 raise ConfigError(f"{where}: {e}") from None
 
 
-def read_config_file(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text) or {}
-        if path.suffix == ".json":
-            return json.loads(text)
-        return _toml_loads(text)
-    except Exception as e:  # a syntax error in the user's file: report where, not a traceback
-        first = first_line(e)
-        raise ConfigError(f"cannot parse {path}: {first}") from None
-
-
-def _toml_loads(text: str) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
-    return tomllib.loads(text)
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
-
-
-def preset_path(name: str) -> Path:
-    path = PRESETS_DIR / f"{name}.toml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, preset_names(), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown preset '{name}'{hint} (presets: {', '.join(preset_names())})")
-    return path
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=3e-4")
-    return key.strip(), value.strip()
-
-
-def command_line_overrides(assignments=(), flags=(), shortcuts=None) -> list[tuple[str, str]]:
-    """The overrides a command line gives, in the order they apply: `--set section.key=value` (`assignments`),
-    then `--section.key value` or `--section.key=value` (`flags`, the words argparse left over), then shortcut
-    flags (`shortcuts`: {"schedule.max_steps": value or None}) that were given."""
-    overrides = [parse_override(item) for item in assignments]
-    flags = list(flags)
-    while flags:
-        flag = flags.pop(0)
-        if not flag.startswith("--") or "." not in flag.split("=")[0]:
-            raise ConfigError(f"unrecognized argument '{flag}'; config keys are given as --section.key VALUE "
-                              f"or --set section.key=VALUE")
-        if "=" in flag:
-            overrides.append(parse_override(flag[2:]))
-        elif flags:
-            overrides.append((flag[2:], flags.pop(0)))
-        else:
-            raise ConfigError(f"{flag} needs a value")
-    for key, value in (shortcuts or {}).items():
-        if value is not None:
-            overrides.append((key, str(value)))
-    return overrides
-
-
-def resolve_config(preset=None, config_file=None, overrides=(), base: dict | None = None) -> TrainConfig:
-    """Build the TrainConfig: defaults, then `base` (a saved run config), preset, file, then overrides."""
-    config = TrainConfig()
-    if base is not None:
-        apply_mapping(config, base, "saved run config")
-    from_preset, from_user = set(), set()  # the keys each sets (a saved run config lists every key: not counted)
-    if preset:
-        mapping = read_config_file(preset_path(preset))
-        apply_mapping(config, mapping, f"preset {preset}")
-        from_preset = {f"{section}.{key}" for section, values in mapping.items() for key in values}
-    if config_file:
-        mapping = read_config_file(config_file)
-        apply_mapping(config, mapping, str(config_file))
-        from_user = {f"{section}.{key}" for section, values in mapping.items() for key in values}
-    for key, value in overrides:
-        set_value(config, key, value)
-        from_user.add(key)
-    given = (from_preset | from_user) - drop_preset_muon_settings(config, from_preset, from_user)
-    validate(config, given)
-    return config
-
-
-def drop_preset_muon_settings(config: TrainConfig, from_preset: set, from_user: set) -> set:
-    """A preset that trains with Muon (the demo's) carries Muon settings; a user who switches it to AdamW
-    (`--optim.name adamw`) means "this preset, with AdamW", so those settings go back to their defaults instead of
-    being refused. Muon settings the user gave (file, overrides) still are. Returns the keys dropped."""
-    if config.optim.name != "adamw":
-        return set()
-    dropped = {key for key in MUON_KEYS if key in from_preset and key not in from_user}
-    defaults = OptimSection()
-    for key in dropped:
-        field = key.split(".", 1)[1]
-        setattr(config.optim, field, getattr(defaults, field))
-    return dropped
-
-
-MUON_KEYS = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimSection) if f.name.startswith("muon_"))
-
-
-def validate(config: TrainConfig, given=()) -> None:
-    """Values that parse but make no sense, caught before any work is done. `given`: the keys the user set
-    (preset, file, overrides), to refuse Muon settings in an AdamW run rather than silently ignore them. The
-    AdamW keys (lr, min_lr, betas, eps, weight_decay) are used by both optimizers (by muon for the embeddings,
-    head, gains and biases), so they are never refused."""
-    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
-                "data.batch_size", "data.seq_len", "data.total_batch_tokens", "schedule.max_steps"]
-    flat = config.flat()
-    if config.data.batch_size == AUTO:
-        positive.remove("data.batch_size")
-        if config.data.grad_accum:
-            raise ConfigError(f"data.batch_size = \"auto\" chooses the accumulation itself (keeping "
-                              f"data.total_batch_tokens), but data.grad_accum is {config.data.grad_accum}; drop "
-                              f"data.grad_accum or give data.batch_size a number")
-    for key in positive:
-        if flat[key] <= 0:
-            raise ConfigError(f"{key} must be positive, got {flat[key]}")
-    for key in ["data.grad_accum", "schedule.warmup_steps", "optim.weight_decay", "optim.grad_clip", "optim.min_lr",
-                "eval.val_every", "eval.val_batches", "eval.sample_every", "eval.hellaswag_every",
-                "checkpoint.every", "runtime.threads", "eval.sample_count", "eval.sample_tokens"]:
-        if flat[key] < 0:
-            raise ConfigError(f"{key} must not be negative, got {flat[key]}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
-    if config.optim.min_lr > config.optim.lr:
-        raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) must not exceed optim.lr ({config.optim.lr})")
-    optim, schedule = config.optim, config.schedule
-    if optim.name not in ("adamw", "muon"):
-        raise ConfigError(f"optim.name must be adamw or muon, got '{optim.name}'")
-    if optim.name == "adamw":
-        muon_given = [k for k in MUON_KEYS if k in given]
-        if muon_given:
-            raise ConfigError(f"{muon_given[0]} is a Muon setting but optim.name is adamw; add optim.name=muon "
-                              f"or drop it")
-    if optim.muon_lr <= 0:
-        raise ConfigError(f"optim.muon_lr must be positive, got {optim.muon_lr}")
-    if not 0 <= optim.muon_momentum < 1:
-        raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {optim.muon_momentum}")
-    if optim.muon_ns_steps < 1:
-        raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
-    if optim.muon_ns_dtype not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got '{optim.muon_ns_dtype}'")
-    if optim.muon_weight_decay < 0:
-        raise ConfigError(f"optim.muon_weight_decay must not be negative, got {optim.muon_weight_decay}")
-    if schedule.name not in ("cosine", "wsd"):
-        raise ConfigError(f"schedule.name must be cosine or wsd, got '{schedule.name}'")
-    if not 0 < schedule.decay_fraction <= 1:
-        raise ConfigError(f"schedule.decay_fraction must be in (0, 1], got {schedule.decay_fraction}")
-    if config.checkpoint.keep < 1:
-        raise ConfigError(f"checkpoint.keep must be at least 1, got {config.checkpoint.keep}")
-    if config.parallel.strategy not in ("ddp", "fsdp", "auto"):
-        raise ConfigError(f"parallel.strategy must be ddp, fsdp or auto, got '{config.parallel.strategy}'")
-    if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
-    if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
-        raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
-
-
 # --------------------------------------------------------------------------------- writing RUN/config.toml
 
 
@@ -427,10 +256,6 @@ def _toml_value(value) -> str:
     if isinstance(value, int):
         return str(value)
     return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def read_run_config(run_dir) -> dict:
-    return read_config_file(RunDirectory(run_dir).config_file)
 
 
 # Fields that may change between a run and its resumption: where/how it runs, how often it reports.

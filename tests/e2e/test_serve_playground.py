@@ -6,7 +6,6 @@ Set GPT2LAB_SCREENSHOTS=DIR to keep the screenshot it takes."""
 
 import os
 import shutil
-import tempfile
 
 import pytest
 

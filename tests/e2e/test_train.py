@@ -4,7 +4,7 @@ plot, and bad input (one clear stderr line, exit code 2, no traceback, nothing c
 import json
 
 from gpt2lab.model.gpt import load_model
-from gpt2lab.train.config import read_config_file
+from gpt2lab.train.config_files import read_config_file
 
 from tests.conftest import run_cli
 from tests.train_utils import cli_flags, one_line_error, write_dataset

@@ -10,7 +10,7 @@ from gpt2lab import GPT
 from gpt2lab.model.config import GPTConfig
 from gpt2lab.runtime import memory
 from gpt2lab.train import batch
-from gpt2lab.train.config import resolve_config
+from gpt2lab.train.config_files import resolve_config
 
 GPT2 = GPTConfig.from_preset("gpt2")
 

@@ -12,7 +12,7 @@ from gpt2lab.runtime import hardware
 from gpt2lab.train import batch, plan
 from gpt2lab.train.parallel import ParallelModel
 from gpt2lab.train.batch import grad_accum_steps
-from gpt2lab.train.config import resolve_config
+from gpt2lab.train.config_files import resolve_config
 
 from tests.train_utils import cli_flags, losses, one_line_error, overrides_of, run_main, write_dataset
 

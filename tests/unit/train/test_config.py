@@ -1,33 +1,10 @@
-"""The training config (gpt2lab/train/config.py): presets, a file and overrides in layers, a TOML round trip, and bad
-keys and values refused by name (the optimizer's and schedule's included)."""
+"""The training config's typed sections (gpt2lab/train/config.py): keys set from text by type, unknown keys
+refused with a suggestion, the TOML written for RUN/config.toml, and the fields a resume may change."""
 
 import pytest
 
-from gpt2lab.train.config import (ConfigError, OptimSection, TrainConfig, incompatible_fields, read_config_file,
-                                  resolve_config, to_toml)
-
-
-def test_config_layers_file_overrides_and_toml_round_trip(tmp_path):
-    path = tmp_path / "my.yaml"
-    path.write_text("optim:\n  lr: 3.0e-3\nschedule:\n  max_steps: 77\n")
-    config = resolve_config("shakespeare-cpu", path, [("optim.beta2", "0.99"), ("runtime.compile", "true")])
-    assert config.model.n_layer == 6 and config.optim.lr == 3e-3 and config.schedule.max_steps == 77
-    assert config.optim.beta2 == 0.99 and config.runtime.compile is True
-    (tmp_path / "saved.toml").write_text(to_toml(config))
-    assert resolve_config(base=read_config_file(tmp_path / "saved.toml")) == config
-    reproduction = resolve_config("gpt2-124m-fineweb-edu")
-    assert (reproduction.data.total_batch_tokens, reproduction.data.batch_size, reproduction.data.seq_len) == (
-        524288, 64, 1024)
-    assert (reproduction.optim.lr, reproduction.optim.min_lr, reproduction.schedule.warmup_steps,
-            reproduction.schedule.max_steps, reproduction.model.vocab_size) == (6e-4, 6e-5, 715, 19073, 50304)
-
-
-def test_the_muon_reproduction_preset_is_the_same_run_in_a_third_of_the_tokens():
-    adamw, muon = resolve_config("gpt2-124m-fineweb-edu"), resolve_config("gpt2-124m-fineweb-edu-muon")
-    assert (muon.model, muon.data, muon.eval) == (adamw.model, adamw.data, adamw.eval)  # same model, data, batch
-    assert muon.optim.name == "muon" and muon.schedule.name == "wsd"
-    tokens = lambda config: config.schedule.max_steps * config.data.total_batch_tokens  # noqa: E731
-    assert tokens(muon) <= tokens(adamw) / 3
+from gpt2lab.train.config import ConfigError, TrainConfig, incompatible_fields, set_value, to_toml
+from gpt2lab.train.config_files import resolve_config
 
 
 def test_config_errors_name_the_key_and_suggest():
@@ -44,32 +21,18 @@ def test_config_errors_name_the_key_and_suggest():
     assert incompatible_fields(old, new) == ["optim.lr (0.0006 -> 0.001)"]
 
 
-def test_bad_optimizer_and_schedule_settings_are_refused():
-    def refused(overrides, needle):
-        with pytest.raises(ConfigError, match=needle):
-            resolve_config(overrides=overrides)
+def test_set_value_converts_text_to_the_field_type_and_toml_round_trips_every_key(tmp_path):
+    config = TrainConfig()
+    set_value(config, "optim.lr", "3e-4")
+    set_value(config, "data.batch_size", "auto")
+    set_value(config, "runtime.compile", "yes")
+    set_value(config, "schedule.max_steps", "1_000")
+    assert (config.optim.lr, config.data.batch_size, config.runtime.compile, config.schedule.max_steps) == (
+        3e-4, "auto", True, 1000)
+    with pytest.raises(ConfigError, match="wants an int or \"auto\""):
+        set_value(config, "data.batch_size", "many")
+    with pytest.raises(ConfigError, match="wants float"):
+        set_value(config, "optim.lr", "nan")
+    import tomllib
 
-    refused([("optim.name", "sgd")], "optim.name must be adamw or muon, got 'sgd'")
-    refused([("optim.muon_lr", "0.05")], "optim.muon_lr is a Muon setting but optim.name is adamw")
-    refused([("optim.muon_split_qkv", "true")], "optim.muon_split_qkv is a Muon setting")
-    refused([("schedule.name", "linear")], "schedule.name must be cosine or wsd")
-    for fraction in ("0", "-0.1", "1.5"):
-        refused([("schedule.decay_fraction", fraction)], r"schedule.decay_fraction must be in \(0, 1\]")
-    refused([("optim.name", "muon"), ("optim.muon_momentum", "1")], "optim.muon_momentum must be in")
-    assert resolve_config(overrides=[("optim.name", "muon"), ("optim.muon_lr", "0.05")]).optim.muon_lr == 0.05
-    assert resolve_config(overrides=[("schedule.decay_fraction", "1")]).schedule.decay_fraction == 1.0
-    # a saved run config lists every key, Muon's included: resuming an AdamW run from it is not refused
-    saved = resolve_config().to_dict()
-    assert resolve_config(base=saved).optim.name == "adamw"
-
-
-def test_a_muon_preset_switched_to_adamw_drops_its_muon_settings_but_the_user_s_are_still_refused():
-    """The demo preset trains with Muon; `--optim.name adamw` on it means "this preset with AdamW": the preset's
-    Muon settings return to their defaults (and so do not reach the saved config) instead of being refused."""
-    demo = resolve_config("shakespeare-cpu")
-    assert demo.optim.name == "muon" and demo.optim.muon_lr == 0.01
-    adamw = resolve_config("shakespeare-cpu", overrides=[("optim.name", "adamw")])
-    assert adamw.optim.name == "adamw" and adamw.optim.muon_lr == OptimSection().muon_lr
-    assert (adamw.model, adamw.data, adamw.schedule) == (demo.model, demo.data, demo.schedule)
-    with pytest.raises(ConfigError, match="optim.muon_lr is a Muon setting but optim.name is adamw"):
-        resolve_config("shakespeare-cpu", overrides=[("optim.name", "adamw"), ("optim.muon_lr", "0.02")])
+    assert tomllib.loads(to_toml(config)) == config.to_dict()

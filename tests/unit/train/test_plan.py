@@ -8,7 +8,8 @@ from gpt2lab import GPT
 from gpt2lab.data import TokenLoader
 from gpt2lab.runtime import hardware, perf
 from gpt2lab.train import batch, plan
-from gpt2lab.train.config import ConfigError, resolve_config
+from gpt2lab.train.config import ConfigError
+from gpt2lab.train.config_files import resolve_config
 
 from tests.train_utils import cli_flags, dry_run_json, one_line_error, overrides_of, run_main, write_dataset
 

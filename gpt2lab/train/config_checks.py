@@ -1,0 +1,66 @@
+"""The values that parse but make no sense, caught before any work is done."""
+
+import dataclasses
+
+from gpt2lab.train.config import AUTO, ConfigError, OptimSection, TrainConfig
+
+
+MUON_KEYS = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimSection) if f.name.startswith("muon_"))
+
+
+def validate(config: TrainConfig, given=()) -> None:
+    """Values that parse but make no sense, caught before any work is done. `given`: the keys the user set
+    (preset, file, overrides), to refuse Muon settings in an AdamW run rather than silently ignore them. The
+    AdamW keys (lr, min_lr, betas, eps, weight_decay) are used by both optimizers (by muon for the embeddings,
+    head, gains and biases), so they are never refused."""
+    positive = ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "model.vocab_size",
+                "data.batch_size", "data.seq_len", "data.total_batch_tokens", "schedule.max_steps"]
+    flat = config.flat()
+    if config.data.batch_size == AUTO:
+        positive.remove("data.batch_size")
+        if config.data.grad_accum:
+            raise ConfigError(f"data.batch_size = \"auto\" chooses the accumulation itself (keeping "
+                              f"data.total_batch_tokens), but data.grad_accum is {config.data.grad_accum}; drop "
+                              f"data.grad_accum or give data.batch_size a number")
+    for key in positive:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key} must be positive, got {flat[key]}")
+    for key in ["data.grad_accum", "schedule.warmup_steps", "optim.weight_decay", "optim.grad_clip", "optim.min_lr",
+                "eval.val_every", "eval.val_batches", "eval.sample_every", "eval.hellaswag_every",
+                "checkpoint.every", "runtime.threads", "eval.sample_count", "eval.sample_tokens"]:
+        if flat[key] < 0:
+            raise ConfigError(f"{key} must not be negative, got {flat[key]}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
+    if config.optim.min_lr > config.optim.lr:
+        raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) must not exceed optim.lr ({config.optim.lr})")
+    optim, schedule = config.optim, config.schedule
+    if optim.name not in ("adamw", "muon"):
+        raise ConfigError(f"optim.name must be adamw or muon, got '{optim.name}'")
+    if optim.name == "adamw":
+        muon_given = [k for k in MUON_KEYS if k in given]
+        if muon_given:
+            raise ConfigError(f"{muon_given[0]} is a Muon setting but optim.name is adamw; add optim.name=muon "
+                              f"or drop it")
+    if optim.muon_lr <= 0:
+        raise ConfigError(f"optim.muon_lr must be positive, got {optim.muon_lr}")
+    if not 0 <= optim.muon_momentum < 1:
+        raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {optim.muon_momentum}")
+    if optim.muon_ns_steps < 1:
+        raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
+    if optim.muon_ns_dtype not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got '{optim.muon_ns_dtype}'")
+    if optim.muon_weight_decay < 0:
+        raise ConfigError(f"optim.muon_weight_decay must not be negative, got {optim.muon_weight_decay}")
+    if schedule.name not in ("cosine", "wsd"):
+        raise ConfigError(f"schedule.name must be cosine or wsd, got '{schedule.name}'")
+    if not 0 < schedule.decay_fraction <= 1:
+        raise ConfigError(f"schedule.decay_fraction must be in (0, 1], got {schedule.decay_fraction}")
+    if config.checkpoint.keep < 1:
+        raise ConfigError(f"checkpoint.keep must be at least 1, got {config.checkpoint.keep}")
+    if config.parallel.strategy not in ("ddp", "fsdp", "auto"):
+        raise ConfigError(f"parallel.strategy must be ddp, fsdp or auto, got '{config.parallel.strategy}'")
+    if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
+    if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
+        raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
