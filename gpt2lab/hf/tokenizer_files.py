@@ -9,7 +9,7 @@ How: gpt2lab tokenizes with tiktoken, which stores only `token bytes -> rank`. H
   - merges.txt: the pair merged into each multi-byte token, in rank order. tiktoken does not store the pair, but
     BPE recovers it: merge the token's bytes with lower-ranked merges only until two parts are left.
 That gives GPT-2's 50,257 tokens and 50,000 merges, and HF's tokenizer then encodes exactly as tiktoken does
-(tests/test_hf_tokenizer_files.py). Deriving takes seconds of pure Python, so it happens once per machine, cached
+(tests/unit/hf/test_tokenizer_files.py). Deriving takes seconds of pure Python, so it happens once per machine, cached
 in gpt2lab's cache directory; each save copies the two cached files.
 """
 

@@ -1,7 +1,7 @@
 """`gpt2lab serve`: models behind an OpenAI-compatible completions API, and a playground page in the browser.
 
+    config.py    what a server is started with: its models, address, device, batch and per-request limits
     slots.py     the KV cache of a server: a row per sequence, each with its own length
-    text.py      a completion's text as tokens arrive: whole characters, cut at stop strings
     engine.py    continuous batching of many completions of one model; the thread that runs the engines
     protocol.py  the requests and responses of the OpenAI completions API, and its error objects
     api.py       the HTTP application (FastAPI): routes, limits, streaming
