@@ -16,6 +16,7 @@ step, and its place among the requests in flight at once.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import sys
 import traceback
@@ -55,7 +56,7 @@ def create_app(models: list[ServedModel], scheduler: Scheduler, tokenizer, limit
     # No /docs: FastAPI's docs pages load their scripts from a CDN, and this server must work offline. The OpenAPI
     # schema is served (/openapi.json): clients and API fuzzers read the request's fields from it.
     app = FastAPI(title="gpt2lab serve", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: _openapi(app, [m.id for m in models], limits, tokenizer)
     by_id = {m.id: m for m in models}
     in_flight = Counter()
 
@@ -122,12 +123,26 @@ _REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json
     "schema": {k: v for k, v in _BODY_SCHEMA.items() if k != "$defs"}}}}}
 
 
-def _openapi(app: FastAPI) -> dict:
+def _openapi(app: FastAPI, model_ids: list[str], limits: Limits, tokenizer) -> dict:
+    """FastAPI's schema of the routes, with the completion request's fields, the models this server has, and the
+    limits it enforces (what is refused anyway, parse_completion_request and _settings decide)."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        # a copy: the request body in it is _REQUEST_BODY's own dict, shared by every app
+        schema = copy.deepcopy(get_openapi(title=app.title, version=app.version, routes=app.routes))
         schema.setdefault("components", {}).setdefault("schemas", {}).update(_BODY_SCHEMA.get("$defs", {}))
+        body = schema["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        fields = body["properties"]
+        fields["model"]["enum"] = model_ids
+        fields["max_tokens"]["anyOf"][0]["maximum"] = limits.max_tokens
+        fields["n"]["anyOf"][0]["maximum"] = limits.max_n
+        token_id = {"type": "integer", "minimum": 0, "maximum": tokenizer.n_vocab - 1}
+        for shape in fields["prompt"]["anyOf"]:  # a list of token ids, a list of lists of them
+            if shape.get("items", {}).get("type") == "integer":
+                shape["items"] = token_id
+            elif shape.get("items", {}).get("items", {}).get("type") == "integer":
+                shape["items"]["items"] = token_id
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -224,7 +239,8 @@ def _settings(req: CompletionRequest, prompts: list[list[int]], served: ServedMo
     if completions > limits.max_n:
         raise APIError(400, f"this request asks for {completions} completions ({len(prompts)} prompts x n="
                        f"{req.choices_per_prompt()}); at most {limits.max_n} per request (--max-n)", param="n")
-    max_tokens = protocol.DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+    # Left out: OpenAI's default, unless this server allows fewer (a request that sets nothing is not refused)
+    max_tokens = min(protocol.DEFAULT_MAX_TOKENS, limits.max_tokens) if req.max_tokens is None else req.max_tokens
     if max_tokens > limits.max_tokens:
         raise APIError(400, f"max_tokens is {max_tokens}, more than this server allows ({limits.max_tokens}; "
                        f"--max-tokens)", param="max_tokens")

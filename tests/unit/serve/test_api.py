@@ -49,6 +49,7 @@ def test_a_request_s_settings_take_openai_s_defaults():
     s = settings({"max_tokens": 100, "temperature": 0, "top_k": 40, "top_p": 0.9, "stop": ["\n"]}, [[1, 2]])
     assert (s.max_tokens, s.temperature, s.top_k, s.top_p, s.stop) == (100, 0, 40, 0.9, ("\n",))
     assert settings({"top_k": 0}, [[1]]).top_k is None and settings({"top_k": -1}, [[1]]).top_k is None  # no top-k
+    assert settings({}, [[1]], Limits(max_tokens=8)).max_tokens == 8  # the default, within a lower --max-tokens
 
 
 @pytest.mark.parametrize("body, prompts, limits, message, param", [
