@@ -4,6 +4,7 @@
     GET  /health           {"status": "ok", ...}: models, requests in flight, rows running, limits
     GET  /v1/models        the models served, OpenAI's list format (plus `root`: the MODEL as given)
     POST /v1/completions   OpenAI's completions, plain or streamed as server-sent events ending in [DONE]
+    GET  /openapi.json     the OpenAPI schema: the request's fields (as protocol.py parses them), models, limits
 
 A request is checked completely before it takes any resource: body size, JSON, fields (protocol.py), model,
 prompt and token limits, then the limit on requests in flight. What fails is a 4xx with an OpenAI error object,
