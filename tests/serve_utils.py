@@ -39,10 +39,19 @@ class LiveServer(BackgroundServer):
 
     def wait_until_idle(self, timeout: float = 30) -> dict:
         """/health once no request is in flight and no sequence is running or waiting (bounded wait)."""
+        return self._wait_for(lambda h: h["requests_in_flight"] == h["sequences_running"] == h["sequences_waiting"]
+                              == 0, timeout)
+
+    def wait_until_released(self, timeout: float = 30) -> dict:
+        """/health once no request is in flight: the server has noticed every client that left, and cancelled its
+        sequences (they leave their rows at the engine's next step, which a StepGate may still hold back)."""
+        return self._wait_for(lambda h: h["requests_in_flight"] == 0, timeout)
+
+    def _wait_for(self, condition, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             _, health = self.get("/health")
-            if health["requests_in_flight"] == health["sequences_running"] == health["sequences_waiting"] == 0:
+            if condition(health):
                 return health
             assert time.monotonic() < deadline, f"the server is still busy: {health}"
             time.sleep(0.02)

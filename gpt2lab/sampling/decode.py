@@ -132,6 +132,9 @@ def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     # A token is needed while the more likely ones have not reached top_p yet (the most likely always is).
     drop_sorted = mass_before >= top_p
+    # Said, not left to arithmetic: a top_p below float32's range (1e-300) is 0 next to the probabilities, and
+    # 0 >= 0 would drop every token (multinomial then refuses an all-zero row).
+    drop_sorted[..., 0] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back from sorted order to vocabulary order
     return probs.masked_fill(drop, 0.0)  # multinomial does not need the rest renormalised
 

@@ -4,6 +4,7 @@
     GET  /health           {"status": "ok", ...}: models, requests in flight, rows running, limits
     GET  /v1/models        the models served, OpenAI's list format (plus `root`: the MODEL as given)
     POST /v1/completions   OpenAI's completions, plain or streamed as server-sent events ending in [DONE]
+    GET  /openapi.json     the OpenAPI schema: the request's fields (as protocol.py parses them), models, limits
 
 A request is checked completely before it takes any resource: body size, JSON, fields (protocol.py), model,
 prompt and token limits, then the limit on requests in flight. What fails is a 4xx with an OpenAI error object,
@@ -16,6 +17,7 @@ step, and its place among the requests in flight at once.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import sys
 import traceback
@@ -26,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpt2lab.sampling.decode import sample_seed
+from gpt2lab.sampling.decode import SamplingError, check_sampling_settings, sample_seed
 from gpt2lab.serve import protocol
 from gpt2lab.serve.config import Limits
 from gpt2lab.serve.engine import Engine, Event, Scheduler, Sequence, Settings
@@ -52,8 +54,10 @@ def create_app(models: list[ServedModel], scheduler: Scheduler, tokenizer, limit
             on_startup()
         yield
 
-    # No /docs: FastAPI's docs pages load their scripts from a CDN, and this server must work offline.
-    app = FastAPI(title="gpt2lab serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # No /docs: FastAPI's docs pages load their scripts from a CDN, and this server must work offline. The OpenAPI
+    # schema is served (/openapi.json): clients and API fuzzers read the request's fields from it.
+    app = FastAPI(title="gpt2lab serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.openapi = lambda: _openapi(app, [m.id for m in models], limits, tokenizer)
     by_id = {m.id: m for m in models}
     in_flight = Counter()
 
@@ -94,7 +98,7 @@ def create_app(models: list[ServedModel], scheduler: Scheduler, tokenizer, limit
     async def get_model(model_id: str):
         return _model_card(_find(by_id, model_id))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_REQUEST_BODY)
     async def completions(request: Request):
         body = await _read_json(request, limits.max_body_bytes)
         req = protocol.parse_completion_request(body)
@@ -111,6 +115,37 @@ def create_app(models: list[ServedModel], scheduler: Scheduler, tokenizer, limit
         return JSONResponse(await generation.collect())
 
     return app
+
+
+# The body is parsed by hand (protocol.parse_completion_request, for OpenAI's error messages), so FastAPI does not
+# know its fields: they are declared here, from the pydantic model that parses them.
+_BODY_SCHEMA = protocol.CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+_REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {k: v for k, v in _BODY_SCHEMA.items() if k != "$defs"}}}}}
+
+
+def _openapi(app: FastAPI, model_ids: list[str], limits: Limits, tokenizer) -> dict:
+    """FastAPI's schema of the routes, with the completion request's fields, the models this server has, and the
+    limits it enforces (what is refused anyway, parse_completion_request and _settings decide)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        # a copy: the request body in it is _REQUEST_BODY's own dict, shared by every app
+        schema = copy.deepcopy(get_openapi(title=app.title, version=app.version, routes=app.routes))
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(_BODY_SCHEMA.get("$defs", {}))
+        body = schema["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        fields = body["properties"]
+        fields["model"]["enum"] = model_ids
+        fields["max_tokens"]["anyOf"][0]["maximum"] = limits.max_tokens
+        fields["n"]["anyOf"][0]["maximum"] = limits.max_n
+        token_id = {"type": "integer", "minimum": 0, "maximum": tokenizer.n_vocab - 1}
+        for shape in fields["prompt"]["anyOf"]:  # a list of token ids, a list of lists of them
+            if shape.get("items", {}).get("type") == "integer":
+                shape["items"] = token_id
+            elif shape.get("items", {}).get("items", {}).get("type") == "integer":
+                shape["items"]["items"] = token_id
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 class Counter:
@@ -143,9 +178,32 @@ async def _read_json(request: Request, max_bytes: int):
         if len(body) > max_bytes:
             raise _too_large(len(body), max_bytes)
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # "[[[[..." nested deeper than Python's decoder recurses
+        raise APIError(400, "the request body is not valid JSON here: nested too deeply") from None
+    _check_unicode(value)
+    return value
+
+
+def _check_unicode(value) -> None:
+    """Refuse strings holding a lone surrogate ("\\ud800" is valid JSON, but no UTF-8 text): echoed back or named
+    in an error they could not be encoded. Iterative: the value may nest as deep as the decoder allowed."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, "the request body holds a string that is not valid Unicode (a lone surrogate "
+                               "such as \\ud800)") from None
 
 
 def _too_large(size: int, max_bytes: int) -> APIError:
@@ -182,7 +240,8 @@ def _settings(req: CompletionRequest, prompts: list[list[int]], served: ServedMo
     if completions > limits.max_n:
         raise APIError(400, f"this request asks for {completions} completions ({len(prompts)} prompts x n="
                        f"{req.choices_per_prompt()}); at most {limits.max_n} per request (--max-n)", param="n")
-    max_tokens = protocol.DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+    # Left out: OpenAI's default, unless this server allows fewer (a request that sets nothing is not refused)
+    max_tokens = min(protocol.DEFAULT_MAX_TOKENS, limits.max_tokens) if req.max_tokens is None else req.max_tokens
     if max_tokens > limits.max_tokens:
         raise APIError(400, f"max_tokens is {max_tokens}, more than this server allows ({limits.max_tokens}; "
                        f"--max-tokens)", param="max_tokens")
@@ -196,9 +255,14 @@ def _settings(req: CompletionRequest, prompts: list[list[int]], served: ServedMo
                        f"requested {longest + max_tokens} tokens ({longest} in your prompt; {max_tokens} for the "
                        f"completion); reduce your prompt or max_tokens", param="max_tokens",
                        code="context_length_exceeded")
-    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None
-    return Settings(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                    top_k=top_k, top_p=req.top_p, stop=req.stop_strings())
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else None  # 0, -1: no top-k (protocol.py)
+    temperature = 1.0 if req.temperature is None else req.temperature
+    try:  # the checks of `gpt2lab sample`: a temperature too small to divide by (1e-300) is refused here
+        check_sampling_settings(max_tokens, temperature, top_k, req.top_p)
+    except SamplingError as e:
+        raise APIError(400, f"{e.param} {e.problem}", param=e.param) from None
+    return Settings(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=req.top_p,
+                    stop=req.stop_strings())
 
 
 class Generation:

@@ -14,6 +14,12 @@ more than 1. Each sequence samples with its own generator and its own settings, 
 which others share its steps (up to float rounding, which differs between batch shapes and can tip a rare
 near-tie, as in `gpt2lab sample`); a lone sequence computes exactly what `gpt2lab.sampling.decode` does.
 
+A fault belongs to the sequences it reached. A row whose sampling fails (its logits are NaN or infinite, or the
+sampler raises) ends with an error alone; the other rows of that step keep their tokens and decode on, drawing
+exactly what they would have drawn without it. When the step itself raises (the model: a bug, out of memory), the
+sequences it was computing (running, and those being admitted) end with an error; those still waiting took no part
+in it and stay queued, so a request that arrives while the failure is being reported is never dropped.
+
 The `Scheduler` is the one thread that runs the engines (one per served model) in turn; the HTTP side only
 submits sequences and cancels them, and receives `Event`s through each sequence's callback.
 """
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt2lab.errors import first_line
 from gpt2lab.sampling.decode import sample_next, seeded_generator, unembedding_for_decoding
 from gpt2lab.serve.slots import SlotCache
 from gpt2lab.sampling.stream import TextStream
@@ -101,6 +108,7 @@ class Engine:
         self.stop_token, self.vocab_size = tokenizer.eot_token, tokenizer.n_vocab
         self.waiting: deque[Sequence] = deque()  # appended by the HTTP side, taken by the scheduler thread
         self.running: list[Sequence] = []  # running[i] is in cache row i
+        self.admitting: list[Sequence] = []  # taken from `waiting` by this step, until they are running
 
     def submit(self, sequences: list[Sequence]) -> None:
         self.waiting.extend(sequences)
@@ -111,19 +119,25 @@ class Engine:
     @torch.no_grad()
     def step(self) -> None:
         self._free(lambda seq: seq.cancelled)
-        admitted = self._admit()
-        if admitted:
-            self._prefill(admitted)
+        self.admitting = self._admit()
+        if self.admitting:
+            self._prefill(self.admitting)
+        self.admitting = []
         if self.running:
             self._decode()
 
     def fail(self, message: str) -> None:
-        """End every sequence with an error (the model raised): the server stays up for the next requests."""
-        for seq in [*self.running, *self.waiting]:
+        """The step raised: end the sequences it was computing with an error; the server stays up.
+
+        `waiting` is not touched: its sequences were not part of the step (they run at the next one), and the HTTP
+        side appends to it from another thread, so clearing it here could drop a request submitted meanwhile (one
+        a client sends as soon as it has read this failure, say) and leave its client hanging."""
+        failed = list(dict.fromkeys([*self.running, *self.admitting]))  # admitted ones may be running already
+        self.running.clear()
+        self.admitting = []
+        for seq in failed:
             if seq.finish_reason is None:
                 seq.fail(message)
-        self.running.clear()
-        self.waiting.clear()
 
     # --- the three kinds of work ---------------------------------------------------------------------------
 
@@ -167,12 +181,25 @@ class Engine:
         return logits
 
     def _sample(self, first: int, logits: torch.Tensor) -> None:
-        """Each row with its own settings and generator: a sequence draws the same tokens in any batch."""
+        """Each row with its own settings and generator: a sequence draws the same tokens in any batch. A row
+        that cannot be sampled fails alone (see the module docstring)."""
+        # A row whose largest logit is NaN or +-inf has no distribution to draw from (NaN propagates through amax).
+        # Checked before sampling rather than left to multinomial: on a GPU, NaN probabilities are a device-side
+        # assert that would end every row (and the process), not an exception.
+        finite = torch.isfinite(logits.amax(dim=-1)).tolist()
         for b in range(logits.size(0)):
             seq = self.running[first + b]
             s = seq.settings
-            token = sample_next(logits[b : b + 1], s.temperature, s.top_k, s.top_p, seq.generator)
-            seq.accept(int(token[0]), self.stop_token)
+            try:
+                if not finite[b]:
+                    raise FloatingPointError("its logits are not finite (NaN or infinity)")
+                token = int(sample_next(logits[b : b + 1], s.temperature, s.top_k, s.top_p, seq.generator)[0])
+            except Exception as e:  # this row's fault: the others keep their tokens
+                message = f"sampling failed for this completion: {first_line(e)}"
+                print(f"gpt2lab serve: {message}", file=sys.stderr, flush=True)  # one line: no traceback
+                seq.fail(message)
+                continue
+            seq.accept(token, self.stop_token)
         self._free(lambda seq: seq.finish_reason is not None)
 
     def _free(self, done: Callable[[Sequence], bool]) -> None:

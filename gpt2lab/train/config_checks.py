@@ -1,6 +1,7 @@
 """The values that parse but make no sense, caught before any work is done."""
 
 import dataclasses
+import math
 
 from gpt2lab.train.config import AUTO, ConfigError, OptimSection, TrainConfig
 
@@ -30,6 +31,9 @@ def validate(config: TrainConfig, given=()) -> None:
                 "checkpoint.every", "runtime.threads", "eval.sample_count", "eval.sample_tokens"]:
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]}")
+    for key in ("optim.lr", "optim.min_lr", "optim.muon_lr"):  # inf (or 1e400) would train into NaN weights
+        if not math.isfinite(flat[key]):
+            raise ConfigError(f"{key} must be a finite number, got {flat[key]}")
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
     if config.optim.min_lr > config.optim.lr:

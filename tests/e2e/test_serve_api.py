@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -272,13 +271,18 @@ def test_requests_over_the_limit_get_429_and_a_closed_stream_frees_its_place(mod
         assert response.status == 200
         gate.allow(1)  # the prefill: the first token
         assert response.read1(65536).startswith(b"data: {")
+        sequence = live.engines["a"].running[0]
         status, answer = live.post("/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 2})
         assert status == 429 and answer["error"]["type"] == "rate_limit_error"
         assert "--max-concurrent-requests" in answer["error"]["message"]
         first.close()  # the client goes away mid-stream, 99 tokens short
-        gate.allow(2)  # the engine drops it at its next step
+        # Its place is free as soon as the server notices; the gate holds the engine until then, so the next step
+        # is the one that must drop the sequence (no race between the disconnect and the steps allowed).
+        live.wait_until_released()
+        gate.allow(1)
         health = live.wait_until_idle()
-        assert health["sequences_running"] == 0
+        # its one step: the prefill's token and one decoded; none after it left
+        assert health["sequences_running"] == 0 and sequence.cancelled and sequence.generated == 2
         gate.open()
         status, answer = live.post("/v1/completions", {"model": "a", "prompt": "Hi", "max_tokens": 2})
         assert status == 200
@@ -292,12 +296,13 @@ def test_a_plain_request_whose_client_leaves_frees_its_row(model_dirs):
         with socket.create_connection((host, int(port)), timeout=60) as sock:
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            gate.allow(1)
-            while not live.engines["a"].running:  # admitted and generating (bounded by the gate's one step)
-                threading.Event().wait(0.01)
-        gate.allow(3)
+            gate.allow(1)  # the prefill: admitted and generating
+            live._wait_for(lambda health: health["sequences_running"] == 1, timeout=30)
+            sequence = live.engines["a"].running[0]
+        live.wait_until_released()  # the server noticed the client left (the engine is held at its next step)
+        gate.allow(1)  # the step that must drop it
         assert live.wait_until_idle()["sequences_running"] == 0
-        assert gate.steps < 10  # it did not run its 100 tokens
+        assert sequence.cancelled and sequence.generated == 2  # its one step (prefill + decode), not 100 tokens
 
 
 def test_a_failing_model_is_a_500_without_traceback_and_the_server_keeps_serving(model_dirs):

@@ -147,6 +147,7 @@ def test_top_p_keeps_smallest_set_reaching_p():
     assert kept(0.75) == {1, 3}  # exactly reached: the next token is not needed
     assert kept(0.76) == {1, 3, 2}
     assert kept(0.95) == {0, 1, 2, 3}
+    assert kept(1e-300) == kept(5e-324) == {1}  # 0 in float32: the most likely token is still kept
     # and through the sampler: only kept tokens are ever drawn, each of them sometimes
     logits = probs.log().expand(4000, 4)
     drawn = sample_next(logits, top_p=0.75, generator=torch.Generator().manual_seed(0))

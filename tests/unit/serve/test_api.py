@@ -49,6 +49,7 @@ def test_a_request_s_settings_take_openai_s_defaults():
     s = settings({"max_tokens": 100, "temperature": 0, "top_k": 40, "top_p": 0.9, "stop": ["\n"]}, [[1, 2]])
     assert (s.max_tokens, s.temperature, s.top_k, s.top_p, s.stop) == (100, 0, 40, 0.9, ("\n",))
     assert settings({"top_k": 0}, [[1]]).top_k is None and settings({"top_k": -1}, [[1]]).top_k is None  # no top-k
+    assert settings({}, [[1]], Limits(max_tokens=8)).max_tokens == 8  # the default, within a lower --max-tokens
 
 
 @pytest.mark.parametrize("body, prompts, limits, message, param", [
@@ -75,3 +76,99 @@ def test_an_unknown_model_is_a_404_listing_the_models_served():
     assert (error.status, error.param, error.code) == (404, "model", "model_not_found")
     assert error.message == "the model 'gpt-4' does not exist; this server has: a, b"
     assert api._find({"a": SERVED}, "a") is SERVED
+
+
+# --------------------------------------------------------------------------------------------- over HTTP, in-process
+# A real server (tests/serve_utils.py) on loopback with a tiny model: what a client sends, whole, and what comes back.
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from tests.conftest import tiny_gpt
+    from tests.serve_utils import LiveServer
+
+    directory = tmp_path_factory.mktemp("serve-api") / "a"
+    tiny_gpt(vocab_size=50257, block_size=128).save_pretrained(directory)
+    with LiveServer([f"a={directory}"]) as server:
+        yield server
+
+
+def completion(live, **fields) -> tuple[int, dict]:
+    return live.post("/v1/completions", {"model": "a", "prompt": "Hello there", **fields})
+
+
+@pytest.mark.parametrize("raw, shown", [
+    (b"1e-300", "1e-300"),  # 0 in float32: the sampler would divide by zero (NaN probabilities)
+    (b"5e-324", "5e-324"),  # the smallest sub-normal double
+    (b"1e-39", "1e-39"),  # a sub-normal float32
+    (b"1.1e-38", "1.1e-38"),  # just under float32's smallest normal number, the floor
+])
+def test_a_temperature_too_small_to_divide_by_is_a_400_before_it_joins_the_batch(live, raw, shown):
+    body = b'{"model": "a", "prompt": "Hi", "max_tokens": 2, "temperature": %s}' % raw
+    status, answer = live.post("/v1/completions", body)
+    assert status == 400 and answer["error"]["param"] == "temperature", answer
+    assert answer["error"]["message"] == f"temperature must be 0 (greedy) or at least 1.18e-38, got {shown}"
+    assert live.wait_until_idle()["sequences_running"] == 0
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])  # Python's json reads all four
+def test_a_non_finite_temperature_is_a_400(live, raw):
+    status, answer = live.post("/v1/completions", b'{"model": "a", "prompt": "Hi", "temperature": %s}' % raw)
+    assert status == 400 and answer["error"]["param"] == "temperature", answer
+
+
+def test_the_smallest_temperature_allowed_samples_as_greedy_does(live):
+    """At the documented floor (float32's smallest normal number) the scaled logits still make a distribution:
+    all of it on the largest logit, so the text is the greedy one, whatever the seed."""
+    from gpt2lab.sampling.decode import MIN_TEMPERATURE
+
+    _, greedy = completion(live, max_tokens=12, temperature=0)
+    for seed in (1, 2):
+        status, floor = completion(live, max_tokens=12, temperature=MIN_TEMPERATURE, seed=seed)
+        assert status == 200 and floor["choices"][0]["text"] == greedy["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("top_k", [0, -1, None])
+def test_top_k_0_and_minus_1_mean_no_top_k_as_documented(live, top_k):
+    status, answer = completion(live, max_tokens=12, seed=5, top_k=top_k)
+    _, plain = completion(live, max_tokens=12, seed=5)
+    assert status == 200 and answer["choices"][0]["text"] == plain["choices"][0]["text"]
+    _, top_1 = completion(live, max_tokens=12, seed=5, top_k=1)  # a top-k that does act: another text
+    assert top_1["choices"][0]["text"] != plain["choices"][0]["text"]
+
+
+def test_a_request_that_exactly_fills_the_context_is_accepted_and_one_token_more_is_refused_consistently(live):
+    prompt = list(range(1000, 1028))  # 28 tokens + 100 = 128, the model's context
+    status, answer = live.post("/v1/completions", {"model": "a", "prompt": prompt, "max_tokens": 100, "seed": 3,
+                                                   "temperature": 0.5})
+    assert status == 200, answer
+    assert answer["usage"] == {"prompt_tokens": 28, "completion_tokens": 100, "total_tokens": 128}
+    status, answer = live.post("/v1/completions", {"model": "a", "prompt": [*prompt, 7], "max_tokens": 100})
+    assert status == 400 and answer["error"]["code"] == "context_length_exceeded"
+    assert answer["error"]["message"] == ("this model's maximum context length is 128 tokens, however you requested "
+                                          "129 tokens (29 in your prompt; 100 for the completion); reduce your "
+                                          "prompt or max_tokens")
+    status, answer = live.post("/v1/completions", {"model": "a", "prompt": list(range(127)), "max_tokens": 1})
+    assert status == 200 and answer["usage"]["total_tokens"] == 128  # the longest prompt allowed, filled
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"[" * 100_000, "nested too deeply"),  # Python's decoder recurses: RecursionError
+    (b'{"model": "a", "prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+    (b'{"model": "\\ud800", "prompt": "Hi"}', "not valid Unicode"),  # would be named in the 404, unencodable
+    (b'{"model": "a", "prompt": "\\udfff", "echo": true}', "not valid Unicode"),  # would be echoed
+])
+def test_hostile_bodies_are_a_400_and_no_traceback_reaches_the_log(live, capfd, body, words):
+    status, answer = live.post("/v1/completions", body)
+    assert status == 400 and words in answer["error"]["message"], answer
+    assert completion(live, max_tokens=2)[0] == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_s_mistakes_leave_no_traceback_in_the_log(live, capfd):
+    for body in ({"model": "a", "prompt": "Hi", "temperature": 1e-300}, {"model": "a", "prompt": "Hi", "top_k": 0},
+                 {"model": "zzz", "prompt": "Hi"}, {"model": "a", "prompt": [99999]}, [1, 2]):
+        assert live.post("/v1/completions", body)[0] in (200, 400, 404)
+    assert live.post("/v1/completions", b"{oops")[0] == 400
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "sampling failed" not in err
