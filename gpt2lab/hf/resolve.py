@@ -10,12 +10,11 @@ A MODEL is one of
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from gpt2lab.errors import ModelNotFoundError, first_line
-from gpt2lab.hf.format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX
+from gpt2lab.hf.format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX, read_index
 from gpt2lab.storage.run_directory import CHECKPOINTS_DIR, RunDirectory
 
 HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -170,8 +169,7 @@ def _fetch_model_files(repo_id: str, local_only: bool) -> Path:
             raise LocalEntryNotFoundError(f"no weights of {repo_id} in the cache")
         raise ModelNotFoundError(f"hub repository {repo_id!r} has no {SAFETENSORS} or {PYTORCH_BIN}")
     if weights_path.name == SAFETENSORS_INDEX:
-        index = json.loads(weights_path.read_text())
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in read_index(weights_path):
             fetch(shard)
     if config_path.parent != weights_path.parent:  # cannot happen in the HF cache layout, but be explicit
         raise ModelNotFoundError(f"hub files of {repo_id!r} landed in different directories")
