@@ -10,6 +10,7 @@ A MODEL is one of
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def resolve_model_dir(source, offline: bool = False) -> Path:
     """Turn a MODEL string into a local directory holding `config.json` and weights. `offline`: a hub id is looked
     up in the local HF cache only, without any request (what a dry run may do)."""
     path = Path(os.path.expanduser(str(source)))
+    if _is_symlink_loop(path):
+        raise ModelNotFoundError(f"{path} is a symlink loop (following it never reaches a file or directory); "
+                                 f"point it at a model directory")
     if path.is_dir():
         run = RunDirectory(path)
         if run.checkpoints_dir.is_dir() and not (path / CONFIG_JSON).exists():
@@ -39,6 +43,14 @@ def resolve_model_dir(source, offline: bool = False) -> Path:
     if _looks_like_path(str(source)):
         raise ModelNotFoundError(f"no such directory: {path}")
     return _download_from_hub(HUB_ALIASES.get(str(source), str(source)), offline)
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def _looks_like_path(source: str) -> bool:
