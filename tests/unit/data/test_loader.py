@@ -219,3 +219,16 @@ def test_a_too_small_val_split_is_skipped_only_when_validation_is_not_required(t
     assert "validation off" in logs[0]
     with pytest.raises(DataError, match=r"too few for one step.*eval.val_every = 0"):
         validation_loader(data, 2, 10, required=True)
+
+
+def test_the_shard_order_changes_between_epochs(tmp_path):
+    """Not only the chunks inside each shard: the order the shards themselves are visited in is drawn per epoch."""
+    data = make_dataset(tmp_path / "d", [400, 400, 400, 400])  # token = global position: shard = token // 400
+    loader = TokenLoader(data, batch_size=2, seq_len=10, seed=1)
+    orders = []
+    for _ in range(6):
+        visited = [int(x[0, 0]) // 400 for x, _ in epoch_batches(loader)]
+        order = [s for i, s in enumerate(visited) if i == 0 or s != visited[i - 1]]
+        assert sorted(order) == [0, 1, 2, 3]  # each shard visited in one go per epoch
+        orders.append(tuple(order))
+    assert len(set(orders)) > 1
