@@ -2,12 +2,14 @@
 nothing lost (Muon's settings included); sizes beyond the memory are refused up front; --init fine-tunes a saved
 model. (In real processes, the demo preset: tests/e2e/test_train.py; the config: tests/unit/train/test_config.py.)"""
 
+import pytest
 import torch
 
 from gpt2lab.model.gpt import load_model
 from gpt2lab.storage.run_directory import RunDirectory
+from gpt2lab.train import train
 
-from tests.train_utils import cli_flags, losses, one_line_error, run_main, write_dataset
+from tests.train_utils import cli_flags, losses, one_line_error, run_main, tiny_config, write_dataset
 
 
 def test_bad_inputs_in_process(tmp_path, capsys):
@@ -161,3 +163,19 @@ def test_an_empty_val_split_trains_when_validation_is_off(tmp_path, capsys):
                                                                           eval__val_every=0))
     assert off.returncode == 0 and "validation off" in off.stdout, off.stderr
     assert RunDirectory(tmp_path / "off").latest_checkpoint().name == "step_00000002"
+
+
+def test_under_torchrun_the_processes_of_one_machine_share_its_memory(tmp_path, capsys, monkeypatch):
+    """The CPU refusal counts LOCAL_WORLD_SIZE processes: a micro-batch that fits one process (it trains alone
+    under the same limit) is refused when torchrun starts 4 of them on this machine."""
+    from gpt2lab.runtime import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
+    data = write_dataset(tmp_path / "data")
+    assert run_main(capsys, "train", "--out", tmp_path / "alone", *cli_flags(data, schedule__max_steps=1)).returncode == 0
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)  # what torchrun sets (one rank of this process group, four here)
+    # the library, not gpt2lab.cli.main: under torchrun main leaves the process through os._exit
+    with pytest.raises(memory.MemoryLimitError, match=r"data.batch_size 4 \(x data.seq_len 16, x 4 processes here\)"):
+        train(tiny_config(data, schedule__max_steps=1), tmp_path / "shared", log=lambda line: None, progress=False)
+    assert not (tmp_path / "shared").exists()
