@@ -2,6 +2,7 @@
 in-process, and reading a run's metrics."""
 
 import contextlib
+import hashlib
 import json
 
 import numpy as np
@@ -31,7 +32,8 @@ def write_dataset(path, train_tokens=20_000, val_tokens=2_000, seed=0, **manifes
         tokens[0] = 50256
         name = f"{split}_000000.bin"
         tokens.astype("<u2").tofile(path / name)
-        splits[split] = [{"file": name, "tokens": n, "documents": 1, "sha256": "test"}]
+        sha256 = hashlib.sha256((path / name).read_bytes()).hexdigest()  # what prepare records: runs verify it
+        splits[split] = [{"file": name, "tokens": n, "documents": 1, "sha256": sha256}]
     manifest = {"format": "gpt2lab-shards/1", "tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256,
                 "dtype": "uint16", "source": "test", "args": {}, "splits": splits, **manifest_overrides}
     (path / "manifest.json").write_text(json.dumps(manifest))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import stat
 import sys
@@ -127,13 +128,15 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     if prompt_file is None:
         return DEFAULT_PROMPT
     path = Path(prompt_file).expanduser()
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise GPT2LabError(f"prompt file {path} {what}; pass a UTF-8 text file, or '-' for standard input")
+    # Opened as it is, not checked with is_file() first: a shell's <(echo hi) is a FIFO, /dev/stdin a device.
     try:
         return _drop_final_newline(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise GPT2LabError(f"prompt file {path} is not UTF-8 text; convert it (e.g. with iconv)") from None
+    except OSError as e:
+        what = {errno.ENOENT: "does not exist", errno.EISDIR: "is a directory", errno.ELOOP: "is a symlink loop",
+                errno.EACCES: "is not readable (permission denied)"}.get(e.errno, f"cannot be read ({e.strerror})")
+        raise GPT2LabError(f"prompt file {path} {what}; pass a UTF-8 text file, or '-' for standard input") from None
 
 
 def _stdin_is_piped() -> bool:

@@ -23,6 +23,8 @@ def add_command(commands):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the data shards' sha256 at start (shortcut for data.verify=false)")
     p.add_argument("--list-keys", action="store_true", help="print every config key with its value and exit")
     plan = p.add_argument_group("planning (--dry-run: estimates, nothing is trained or written)")
     plan.add_argument("--dry-run", action="store_true",
@@ -51,7 +53,8 @@ def run(args) -> int:
     base = None
     if args.resume and not (args.preset or args.config) and args.out and RunDirectory(args.out).config_file.is_file():
         base = read_run_config(args.out)  # `--resume` alone: continue with the run's own config
-    shortcuts = {"model.init": args.init, "schedule.max_steps": args.steps, "runtime.device": args.device}
+    shortcuts = {"model.init": args.init, "schedule.max_steps": args.steps, "runtime.device": args.device,
+                 "data.verify": "false" if args.no_verify else None}
     overrides = command_line_overrides(args.set, args.config_flags, shortcuts)
     config = resolve_config(args.preset, args.config, overrides, base=base)
     if args.list_keys:

@@ -22,7 +22,11 @@ import numpy as np
 import torch
 
 from gpt2lab.data.errors import DataError
-from gpt2lab.data.manifest import read_manifest, split_tokens
+from gpt2lab.data.manifest import check_token_ids, read_manifest, split_tokens
+
+
+class TooFewTokens(DataError):
+    """A split too small for one step (an empty validation split, for instance)."""
 
 
 class TokenLoader:
@@ -40,6 +44,7 @@ class TokenLoader:
         self.chunks_per_step = world_size * grad_accum  # the one number (with B, T) that fixes the epoch's length
         self.vocab_size: int = read_manifest(data_dir)["vocab_size"]
         self.shards = split_tokens(data_dir, split)  # memory-mapped once, never reopened per batch
+        self._ids_checked = [False] * len(self.shards)  # each shard's token ids, checked when it is first read
         self.num_tokens = int(sum(len(s) for s in self.shards))
         chunk = batch_size * seq_len
         self.num_chunks = max(self.num_tokens - 1, 0) // chunk  # the +1 is the last chunk's final target
@@ -47,7 +52,7 @@ class TokenLoader:
         self.chunks_per_epoch = self.steps_per_epoch * self.chunks_per_step
         self.batches_per_epoch = self.steps_per_epoch * grad_accum  # next_batch() calls per rank and epoch
         if self.steps_per_epoch == 0:
-            raise DataError(
+            raise TooFewTokens(
                 f"split {split!r} of {self.data_dir} has {self.num_tokens:,} tokens, too few for one step of "
                 f"{self.chunks_per_step} batch(es) of batch_size*seq_len = {chunk:,} tokens ({world_size} rank(s) "
                 f"x {grad_accum} micro-step(s)) plus one; lower the batch size or sequence length, or prepare "
@@ -109,10 +114,10 @@ class TokenLoader:
     def _epoch_chunk_starts(self, epoch: int) -> np.ndarray:
         """Start offsets (in the epoch's concatenated stream) of all its chunks, in visiting order."""
         order = self._epoch_order(epoch)
-        self._layout = []  # (stream offset, shard) in this epoch's order
+        self._layout = []  # (stream offset, shard index) in this epoch's order
         offset = 0
         for i in order:
-            self._layout.append((offset, self.shards[i]))
+            self._layout.append((offset, i))
             offset += len(self.shards[i])
         self._offsets = np.array([o for o, _ in self._layout], dtype=np.int64)
         # Every chunk of the data, not just the ones this epoch uses: the order must not depend on the step size.
@@ -130,8 +135,26 @@ class TokenLoader:
         pieces = []
         i = int(np.searchsorted(self._offsets, start, side="right")) - 1
         while length > 0:
-            offset, shard = self._layout[i]
+            offset, index = self._layout[i]
+            shard = self.shards[index]
+            if not self._ids_checked[index]:
+                check_token_ids(shard, self.vocab_size)
+                self._ids_checked[index] = True
             piece = shard[start - offset: start - offset + length]
             pieces.append(piece)
             start, length, i = start + len(piece), length - len(piece), i + 1
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def validation_loader(data_dir, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 1337,
+                      required: bool = True, log=print) -> TokenLoader | None:
+    """The fixed (unshuffled) validation batches; None when the val split is too small for one batch and the
+    run does not `require` validation during training (eval.val_every = 0): such a run trains without any, where
+    only its end-of-run validation loss is lost."""
+    try:
+        return TokenLoader(data_dir, "val", batch_size, seq_len, rank, world_size, seed, shuffle=False)
+    except TooFewTokens as e:
+        if required:
+            raise TooFewTokens(f"{e}; or train without validation (eval.val_every = 0)") from None
+        log(f"validation off: the val split of {data_dir} is too small for one batch")
+        return None

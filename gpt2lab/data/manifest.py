@@ -64,6 +64,16 @@ def check_vocabulary(data_dir, manifest: dict, model_vocab_size: int, what: str 
                         f"set model.vocab_size={manifest['vocab_size']} or more (50304 is the fast choice)")
 
 
+def check_token_ids(shard: np.memmap, vocab_size: int) -> None:
+    """Refuse a shard holding a token id the vocabulary does not have (a damaged or foreign file: prepare writes
+    only ids < vocab_size), naming the shard, rather than an IndexError deep in the embedding. One max over the
+    memory map: a fraction of a second for a 100M-token shard, so the loader runs it once per shard it reads."""
+    largest = int(shard.max()) if len(shard) else 0
+    if largest >= vocab_size:
+        raise DataError(f"shard {shard.filename} holds token id {largest}, but the vocabulary of its manifest has "
+                        f"{vocab_size} ids; the shard is damaged: rebuild with `gpt2lab prepare ... --overwrite`")
+
+
 def split_tokens(data_dir, split: str) -> list[np.memmap]:
     """Read-only uint16 memory maps of one split's shards, in manifest order (each opened once, here)."""
     data_dir = Path(data_dir)

@@ -289,6 +289,8 @@ def _check_config(config: PrepareConfig) -> None:
         raise BadDataValue("val_docs", f"must be >= 0 (got {config.val_docs})")
     if config.max_tokens is not None and config.max_tokens < 1:
         raise BadDataValue("max_tokens", f"must be positive (got {config.max_tokens})")
+    if config.threads is not None and config.threads < 0:
+        raise BadDataValue("threads", f"must not be negative (got {config.threads}; 0 or none given: every core)")
 
 
 def _fingerprint(config: PrepareConfig) -> dict:

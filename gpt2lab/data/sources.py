@@ -171,9 +171,10 @@ def _read_jsonl(path: Path, options: SourceOptions, stats: SourceStats) -> Itera
             where = f"{path}:{number}"
             try:
                 record = json.loads(_decode(raw, str(path), stats))
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: brackets nested too deeply
                 if options.strict:
-                    raise DataError(f"{where}: not valid JSON ({e.msg}); fix the line or drop --strict to skip it") from None
+                    why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                    raise DataError(f"{where}: not valid JSON ({why}); fix the line or drop --strict to skip it") from None
                 stats.records += 1
                 stats.bad_json.append(where)
                 continue
@@ -188,6 +189,8 @@ def _read_json(path: Path, options: SourceOptions, stats: SourceStats) -> Iterat
         data = json.loads(_decode(path.read_bytes(), str(path), stats))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); for one record per line use .jsonl") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read; for one record per line use .jsonl") from None
     if isinstance(data, dict):
         arrays = [v for v in data.values() if isinstance(v, list)]
         data = arrays[0] if len(arrays) == 1 else None

@@ -108,6 +108,8 @@ def parse_line(line: str, where: str) -> Example:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise GPT2LabError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # the decoder recurses per bracket: 100,000 "[" exhaust the stack
+        raise GPT2LabError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(row, dict):
         raise GPT2LabError(f"{where}: expected a JSON object with ctx, endings and label")
     for key in ("ctx", "endings", "label"):

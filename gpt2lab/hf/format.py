@@ -15,6 +15,7 @@ This module describes models without building one (the shapes to check come from
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -40,10 +41,44 @@ def read_config(directory) -> GPTConfig:
 
 def read_hf_config(directory: Path) -> dict:
     path = Path(directory) / CONFIG_JSON
+    hf = read_json_object(path, "the file is damaged")
+    missing = [key for key in _SHAPE_KEYS if key not in hf]
+    if "n_positions" not in hf and "n_ctx" not in hf:
+        missing.append("n_positions")
+    if missing:  # HF would fill in GPT-2 124M's values, which the weights then contradict key by key
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; is it a GPT-2 config.json?")
+    return hf
+
+
+_SHAPE_KEYS = ("vocab_size", "n_embd", "n_layer", "n_head")  # with n_positions (or n_ctx): the model's shape
+
+
+def read_json_object(path: Path, fix: str) -> dict:
+    """A JSON file that must hold an object, refused in one line naming it when it does not (not UTF-8, not
+    JSON, nested too deeply for the decoder, an array), `fix` saying what to do."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text; {fix}") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from None
+        raise CheckpointError(f"{path} is not valid JSON ({e}); {fix}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be read as JSON; {fix}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
+
+
+def read_index(path: Path) -> list[str]:
+    """The shard file names of a sharded safetensors index (`weight_map`: tensor name -> file name)."""
+    weight_map = read_json_object(path, "the file is damaged").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointError(f"{path} has no weight_map (tensor name -> shard file); the index is damaged")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:  # a name, not a path: an index must not point outside its directory
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{path} names shard {shard!r}, which is not a file name in its directory")
+    return shards
 
 
 # Options of HF's GPT2Config that change the computation, with the value this implementation computes.
@@ -74,7 +109,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise UnsupportedConfigError(f"n_inner={hf['n_inner']} is not supported (GPT-2's MLP is 4 * n_embd = {4 * n_embd})")
     try:
-        return GPTConfig(
+        config = GPTConfig(
             block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
             vocab_size=hf.get("vocab_size", 50257),
             n_layer=hf.get("n_layer", 12),
@@ -82,8 +117,9 @@ def config_from_hf(hf: dict) -> GPTConfig:
             n_embd=n_embd,
             layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
         )
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"config.json describes an impossible model: {e}") from None
+    return config
 
 
 def config_to_hf(config: GPTConfig) -> dict:
@@ -124,9 +160,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / SAFETENSORS).exists():
         return _read_safetensors(directory / SAFETENSORS)
     if (directory / SAFETENSORS_INDEX).exists():
-        index = json.loads((directory / SAFETENSORS_INDEX).read_text())
         tensors = {}
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in read_index(directory / SAFETENSORS_INDEX):
             tensors.update(_read_safetensors(directory / shard))
         return tensors
     if (directory / PYTORCH_BIN).exists():
@@ -152,6 +187,72 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path, device="cpu")
     except Exception as e:  # SafetensorError for a truncated or corrupt header/body
         raise CheckpointError(f"cannot read {path}: {first_line(e)}; the file is truncated or corrupt") from None
+
+
+def check_before_building(directory, config: GPTConfig) -> None:
+    """What config.json asks for, checked before a model is built from it: its shape against the weights' header
+    (safetensors keeps every tensor's name, shape and dtype there: no tensor is read), then the weights' size
+    against the memory available. A config.json with n_layer = 100000 is one line at once, not minutes of
+    building a model and gigabytes of memory before the weights say "missing keys"."""
+    from gpt2lab.runtime import memory
+
+    header = _safetensors_header(Path(directory))
+    if header is not None:
+        _check_shape(config, {name: shape for name, (shape, _) in header.items()}, directory)
+        weight_bytes = sum(size for _, size in header.values())
+    else:  # pytorch_model.bin has no header to read without unpickling it: count float32 parameters
+        block, root = memory.block_and_root_params(config)
+        weight_bytes = 4 * (config.n_layer * block + root)
+    needed = weight_bytes + memory.inference_bytes(config, rows=1, tokens=config.block_size, scored=1)
+    available = memory.available_bytes("cpu")  # weights are read into CPU memory first, on every device
+    if available is not None and needed > available:
+        raise memory.MemoryLimitError(
+            "config.json", f"of {directory} describes a model that would need ~{memory.format_bytes(needed)} to "
+                           f"load, more than the {memory.format_bytes(available)} available")
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
+
+
+def _safetensors_header(directory: Path) -> dict[str, tuple[tuple, int]] | None:
+    """name -> (shape, bytes) of every tensor in the directory's safetensors file(s), from their headers alone;
+    None for pytorch_model.bin weights."""
+    from safetensors import safe_open
+
+    if (directory / SAFETENSORS).exists():
+        paths = [directory / SAFETENSORS]
+    elif (directory / SAFETENSORS_INDEX).exists():
+        paths = [directory / shard for shard in read_index(directory / SAFETENSORS_INDEX)]
+    else:
+        return None
+    header = {}
+    for path in paths:
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing (listed in {SAFETENSORS_INDEX})")
+        try:
+            with safe_open(path, framework="pt") as f:
+                for name in f.keys():
+                    tensor = f.get_slice(name)
+                    shape = tuple(tensor.get_shape())
+                    header[name] = shape, math.prod(shape) * _DTYPE_BYTES.get(tensor.get_dtype(), 4)
+        except Exception as e:  # SafetensorError for a truncated or corrupt header
+            raise CheckpointError(f"cannot read {path}: {first_line(e)}; the file is truncated or corrupt") from None
+    return header
+
+
+def _check_shape(config: GPTConfig, shapes: dict[str, tuple], where) -> None:
+    """config.json's depth, vocabulary, width and context against the weights' shapes (HF's optional
+    `transformer.` prefix dropped). The key-by-key check of every tensor follows when they are read."""
+    shapes = {name.removeprefix("transformer."): shape for name, shape in shapes.items()}
+    layers = {int(name.split(".")[1]) for name in shapes if name.startswith("h.") and name.split(".")[1].isdigit()}
+    if layers and max(layers) + 1 != config.n_layer:
+        raise CheckpointError(f"{where}: config.json says n_layer = {config.n_layer} but the weights hold "
+                              f"{max(layers) + 1} layers; the weights and config.json do not belong together")
+    for name, implied in (("wte.weight", (config.vocab_size, config.n_embd)),
+                          ("wpe.weight", (config.block_size, config.n_embd))):
+        if name in shapes and shapes[name] != implied:
+            raise CheckpointError(f"{where}: transformer.{name} has shape {shapes[name]} but config.json implies "
+                                  f"{implied}; the weights and config.json do not belong together")
 
 
 def read_state_dict(directory, expected_shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:

@@ -10,12 +10,12 @@ A MODEL is one of
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 from pathlib import Path
 
 from gpt2lab.errors import ModelNotFoundError, first_line
-from gpt2lab.hf.format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX
+from gpt2lab.hf.format import CONFIG_JSON, PYTORCH_BIN, SAFETENSORS, SAFETENSORS_INDEX, read_index
 from gpt2lab.storage.run_directory import CHECKPOINTS_DIR, RunDirectory
 
 HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -25,6 +25,9 @@ def resolve_model_dir(source, offline: bool = False) -> Path:
     """Turn a MODEL string into a local directory holding `config.json` and weights. `offline`: a hub id is looked
     up in the local HF cache only, without any request (what a dry run may do)."""
     path = Path(os.path.expanduser(str(source)))
+    if _is_symlink_loop(path):
+        raise ModelNotFoundError(f"{path} is a symlink loop (following it never reaches a file or directory); "
+                                 f"point it at a model directory")
     if path.is_dir():
         run = RunDirectory(path)
         if run.checkpoints_dir.is_dir() and not (path / CONFIG_JSON).exists():
@@ -40,6 +43,14 @@ def resolve_model_dir(source, offline: bool = False) -> Path:
     if _looks_like_path(str(source)):
         raise ModelNotFoundError(f"no such directory: {path}")
     return _download_from_hub(HUB_ALIASES.get(str(source), str(source)), offline)
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def _looks_like_path(source: str) -> bool:
@@ -170,8 +181,7 @@ def _fetch_model_files(repo_id: str, local_only: bool) -> Path:
             raise LocalEntryNotFoundError(f"no weights of {repo_id} in the cache")
         raise ModelNotFoundError(f"hub repository {repo_id!r} has no {SAFETENSORS} or {PYTORCH_BIN}")
     if weights_path.name == SAFETENSORS_INDEX:
-        index = json.loads(weights_path.read_text())
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in read_index(weights_path):
             fetch(shard)
     if config_path.parent != weights_path.parent:  # cannot happen in the HF cache layout, but be explicit
         raise ModelNotFoundError(f"hub files of {repo_id!r} landed in different directories")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2lab.hf.format import read_config, read_state_dict, save_model
+from gpt2lab.hf.format import check_before_building, read_config, read_state_dict, save_model
 from gpt2lab.hf.resolve import resolve_model_dir
 from gpt2lab.model.config import ContextLengthError, GPTConfig
 from gpt2lab.model.cpu_decode import FEW_ROWS, linear_few_rows
@@ -279,6 +279,7 @@ class GPT(nn.Module):
         gpt2lab run directory (its newest complete checkpoint). Returned in eval mode."""
         directory = resolve_model_dir(source)
         config = read_config(directory)
+        check_before_building(directory, config)
         with torch.device("meta"):  # no memory or time spent on a random init that is overwritten anyway
             model = cls(config, init_weights=False)
         expected_shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

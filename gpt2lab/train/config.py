@@ -48,6 +48,7 @@ class DataSection:
     grad_accum: int = 0  # micro-steps per step; 0: total_batch_tokens / (batch_size x seq_len x processes)
     shuffle: bool = True
     seed: int = 1337
+    verify: bool = True  # check every shard's sha256 against the manifest when a run starts or resumes
 
 
 @dataclass
@@ -259,7 +260,7 @@ def _toml_value(value) -> str:
 
 
 # Fields that may change between a run and its resumption: where/how it runs, how often it reports.
-RESUMABLE_CHANGES = ("model.init", "data.dir", "data.grad_accum", "runtime.", "eval.", "checkpoint.", "log.",
+RESUMABLE_CHANGES = ("model.init", "data.dir", "data.grad_accum", "data.verify", "runtime.", "eval.", "checkpoint.", "log.",
                      "parallel.")
 
 

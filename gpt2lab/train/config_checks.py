@@ -26,36 +26,13 @@ def validate(config: TrainConfig, given=()) -> None:
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {flat[key]}")
-    for key in ["data.grad_accum", "schedule.warmup_steps", "optim.weight_decay", "optim.grad_clip", "optim.min_lr",
+    for key in ["data.grad_accum", "schedule.warmup_steps",
                 "eval.val_every", "eval.val_batches", "eval.sample_every", "eval.hellaswag_every",
                 "checkpoint.every", "runtime.threads", "eval.sample_count", "eval.sample_tokens"]:
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]}")
-    for key in ("optim.lr", "optim.min_lr", "optim.muon_lr"):  # inf (or 1e400) would train into NaN weights
-        if not math.isfinite(flat[key]):
-            raise ConfigError(f"{key} must be a finite number, got {flat[key]}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
-    if config.optim.min_lr > config.optim.lr:
-        raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) must not exceed optim.lr ({config.optim.lr})")
     optim, schedule = config.optim, config.schedule
-    if optim.name not in ("adamw", "muon"):
-        raise ConfigError(f"optim.name must be adamw or muon, got '{optim.name}'")
-    if optim.name == "adamw":
-        muon_given = [k for k in MUON_KEYS if k in given]
-        if muon_given:
-            raise ConfigError(f"{muon_given[0]} is a Muon setting but optim.name is adamw; add optim.name=muon "
-                              f"or drop it")
-    if optim.muon_lr <= 0:
-        raise ConfigError(f"optim.muon_lr must be positive, got {optim.muon_lr}")
-    if not 0 <= optim.muon_momentum < 1:
-        raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {optim.muon_momentum}")
-    if optim.muon_ns_steps < 1:
-        raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
-    if optim.muon_ns_dtype not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got '{optim.muon_ns_dtype}'")
-    if optim.muon_weight_decay < 0:
-        raise ConfigError(f"optim.muon_weight_decay must not be negative, got {optim.muon_weight_decay}")
+    _check_optimizer(optim, given)
     if schedule.name not in ("cosine", "wsd"):
         raise ConfigError(f"schedule.name must be cosine or wsd, got '{schedule.name}'")
     if not 0 < schedule.decay_fraction <= 1:
@@ -68,3 +45,45 @@ def validate(config: TrainConfig, given=()) -> None:
         raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
     if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
         raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
+
+
+# Every optimizer key's allowed range, checked here so that a bad value is one line naming the key rather than
+# PyTorch's ValueError traceback from deep inside the optimizer's constructor (or, for an infinite LR, weights
+# that turn non-finite at the first step). Both optimizers use the AdamW keys (Muon for the embeddings, head,
+# gains and biases).
+_POSITIVE, _NOT_NEGATIVE, _UNIT = "positive", "not negative", "in [0, 1)"
+_OPTIM_RANGES = {
+    "lr": _POSITIVE, "min_lr": _NOT_NEGATIVE, "weight_decay": _NOT_NEGATIVE, "beta1": _UNIT, "beta2": _UNIT,
+    "eps": _POSITIVE, "grad_clip": _NOT_NEGATIVE,
+    "muon_lr": _POSITIVE, "muon_momentum": _UNIT, "muon_weight_decay": _NOT_NEGATIVE,
+}
+
+
+def _in_range(value: float, allowed: str) -> bool:
+    if allowed == _POSITIVE:
+        return value > 0
+    if allowed == _NOT_NEGATIVE:
+        return value >= 0
+    return 0 <= value < 1
+
+
+def _check_optimizer(optim, given=()) -> None:
+    for name, allowed in _OPTIM_RANGES.items():
+        value = getattr(optim, name)
+        if not math.isfinite(value):
+            raise ConfigError(f"optim.{name} must be a finite number, got {value}")
+        if not _in_range(value, allowed):
+            raise ConfigError(f"optim.{name} must be {allowed}, got {value}")
+    if optim.min_lr > optim.lr:
+        raise ConfigError(f"optim.min_lr ({optim.min_lr}) must not exceed optim.lr ({optim.lr})")
+    if optim.name not in ("adamw", "muon"):
+        raise ConfigError(f"optim.name must be adamw or muon, got '{optim.name}'")
+    if optim.name == "adamw":
+        muon_given = [k for k in MUON_KEYS if k in given]
+        if muon_given:
+            raise ConfigError(f"{muon_given[0]} is a Muon setting but optim.name is adamw; add optim.name=muon "
+                              f"or drop it")
+    if optim.muon_ns_steps < 1:
+        raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
+    if optim.muon_ns_dtype not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got '{optim.muon_ns_dtype}'")

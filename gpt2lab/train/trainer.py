@@ -174,13 +174,15 @@ class Trainer:
                                                             log=self.log)
         return checkpoint, config
 
-    @staticmethod
-    def _check_data(config: TrainConfig) -> tuple[int, int]:
-        """(vocabulary size, <|endoftext|> id) of the prepared data, once it fits a model trained from scratch."""
+    def _check_data(self, config: TrainConfig) -> tuple[int, int]:
+        """(vocabulary size, <|endoftext|> id) of the prepared data, once its shards match their sha256 (unless
+        data.verify is off) and it fits a model trained from scratch."""
         from gpt2lab.data import read_manifest
         from gpt2lab.data.manifest import check_vocabulary
+        from gpt2lab.data.verify import verify_shards
 
         manifest = read_manifest(config.data.dir)
+        verify_shards(config.data.dir, manifest, log=self.log) if config.data.verify else None
         if config.model.init == "scratch":
             check_vocabulary(config.data.dir, manifest, config.model.vocab_size, "model.vocab_size")
         return manifest["vocab_size"], manifest["eot_token"]
@@ -204,15 +206,15 @@ class Trainer:
         return model.train()
 
     def _make_loaders(self):
-        from gpt2lab.data import TokenLoader
+        from gpt2lab.data.loader import TokenLoader, validation_loader
 
-        data, ctx = self.config.data, self.ctx
+        data, ctx, evals = self.config.data, self.ctx, self.config.eval
         # The train loader knows the step size (processes x accumulation), so each step takes the same chunks
         # whatever the split between processes and micro-steps.
         train = TokenLoader(data.dir, "train", data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
                             data.shuffle, grad_accum=self.grad_accum)
-        val = TokenLoader(data.dir, "val", data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
-                          shuffle=False)
+        val = validation_loader(data.dir, data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
+                                required=evals.val_every > 0, log=self.log) if evals.val_batches else None
         return train, val
 
     def _check_memory(self, step_memory: StepMemory) -> None:
@@ -344,7 +346,7 @@ class Trainer:
         eval_cfg, step, last = self.config.eval, self.step, self.step == max_steps
         due = lambda every: (every > 0 and step % every == 0) or last  # noqa: E731
         val_loss = None
-        if due(eval_cfg.val_every) and eval_cfg.val_batches > 0:
+        if due(eval_cfg.val_every) and self.val_loader is not None:  # None: validation off (val_batches 0)
             val_loss = self.validation_loss()
             self.metrics.write({"step": step, "val_loss": val_loss, **self._peak_memory()})
             self.log(f"step {step}: val loss {val_loss:.4f}")

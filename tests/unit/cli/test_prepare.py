@@ -35,6 +35,8 @@ def test_bad_inputs(tmp_path, capsys):
     one_line_error(*cli(tmp_path / "bad.csv", "--out", tmp_path / "o4"), "unsupported file type")
     one_line_error(*cli(tmp_path / "bad.jsonl", "--out", tmp_path / "o5", "--shard-size", "0"), "--shard-size")
     one_line_error(*cli("hf:", "--out", tmp_path / "o6"), "hf:NAME")
+    one_line_error(*cli(tmp_path / "bad.jsonl", "--out", tmp_path / "o7", "--threads", "-1"), "--threads")
+    assert not (tmp_path / "o7").exists()
     # a non-strict run skips the bad line, reports it, and succeeds
     assert main(["prepare", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
     assert "bad.jsonl:2" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 
 from gpt2lab.cli import main
 from gpt2lab.cli.sample import DEFAULT_PROMPT, read_prompt
+from gpt2lab.errors import GPT2LabError
 from gpt2lab.tokenizer import get_tokenizer
 
 CPU = torch.device("cpu")
@@ -103,6 +104,27 @@ def test_prompt_file(tiny_model_dir, tmp_path, capsys):
     code, out, _ = run_main(capsys, tiny_model_dir, "--prompt-file", path, "--num-samples", "1",
                             "--max-new-tokens", "4")
     assert code == 0 and out.startswith("The meaning of life is") and not out.startswith("The meaning of life is\n")
+
+
+def test_a_prompt_file_that_is_a_fifo_is_read(tmp_path):
+    """`--prompt-file <(echo hi)`: the shell passes a FIFO (/dev/fd/N), not a regular file."""
+    import os
+    import threading
+
+    fifo = tmp_path / "prompt.fifo"
+    os.mkfifo(fifo)
+
+    def write():  # opening a FIFO for writing waits for its reader: no race, whichever thread comes first
+        with open(fifo, "w") as f:
+            f.write("hi\n")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert read_prompt(None, str(fifo)) == "hi"
+    writer.join()
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(GPT2LabError, match="is a symlink loop"):
+        read_prompt(None, str(tmp_path / "loop"))
 
 
 def test_read_prompt_sources(monkeypatch, tmp_path):

@@ -2,12 +2,14 @@
 nothing lost (Muon's settings included); sizes beyond the memory are refused up front; --init fine-tunes a saved
 model. (In real processes, the demo preset: tests/e2e/test_train.py; the config: tests/unit/train/test_config.py.)"""
 
+import pytest
 import torch
 
 from gpt2lab.model.gpt import load_model
 from gpt2lab.storage.run_directory import RunDirectory
+from gpt2lab.train import train
 
-from tests.train_utils import cli_flags, losses, one_line_error, run_main, write_dataset
+from tests.train_utils import cli_flags, losses, one_line_error, run_main, tiny_config, write_dataset
 
 
 def test_bad_inputs_in_process(tmp_path, capsys):
@@ -107,3 +109,73 @@ def test_bad_input_on_the_command_line_and_resume_into_muon(tmp_path, capsys):
     one_line_error(run_main(capsys, "train", "--out", run, "--resume", *flags, "--optim.name", "muon"),
                    "optim.name ('adamw' -> 'muon')")
     assert written() == files  # nothing written (only the run's lock was taken and released)
+
+
+def _flip_a_bit(path, offset=1001):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_changed_shard_is_refused_at_start_and_at_resume_unless_verification_is_off(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    flags = cli_flags(data, schedule__max_steps=2)
+    started = run_main(capsys, "train", "--out", run, *flags)
+    assert started.returncode == 0 and "data: verified" in started.stdout
+    _flip_a_bit(data / "train_000000.bin")
+    one_line_error(run_main(capsys, "train", "--out", run, "--resume", *flags),
+                   "train_000000.bin does not match its sha256")
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "fresh", *flags), "train_000000.bin", "sha256")
+    assert not (tmp_path / "fresh" / "checkpoints").exists()  # refused before anything was written
+    resumed = run_main(capsys, "train", "--out", run, "--resume", "--no-verify", *flags)
+    assert resumed.returncode == 0 and "data: verified" not in resumed.stdout  # data.verify is no resume mismatch
+    assert "already complete at step 2" in resumed.stdout
+
+
+def test_token_ids_beyond_the_vocabulary_name_the_shard(tmp_path, capsys):
+    import hashlib, json
+    import numpy as np
+
+    data = write_dataset(tmp_path / "data")
+    tokens = np.fromfile(data / "train_000000.bin", dtype="<u2")
+    tokens[5] = 65000
+    tokens.tofile(data / "train_000000.bin")
+    manifest = json.loads((data / "manifest.json").read_text())  # a consistent manifest: the ids are the problem
+    manifest["splits"]["train"][0]["sha256"] = hashlib.sha256((data / "train_000000.bin").read_bytes()).hexdigest()
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "run", *cli_flags(data, data__shuffle="false")),
+                   "train_000000.bin holds token id 65000")
+
+
+def test_an_empty_val_split_trains_when_validation_is_off(tmp_path, capsys):
+    import json
+
+    data = write_dataset(tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["val"] = []
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    (data / "val_000000.bin").unlink()
+    one_line_error(run_main(capsys, "train", "--out", tmp_path / "on", *cli_flags(data, schedule__max_steps=2,
+                                                                            eval__val_every=1)),
+                   "split 'val'", "eval.val_every = 0")
+    off = run_main(capsys, "train", "--out", tmp_path / "off", *cli_flags(data, schedule__max_steps=2,
+                                                                          eval__val_every=0))
+    assert off.returncode == 0 and "validation off" in off.stdout, off.stderr
+    assert RunDirectory(tmp_path / "off").latest_checkpoint().name == "step_00000002"
+
+
+def test_under_torchrun_the_processes_of_one_machine_share_its_memory(tmp_path, capsys, monkeypatch):
+    """The CPU refusal counts LOCAL_WORLD_SIZE processes: a micro-batch that fits one process (it trains alone
+    under the same limit) is refused when torchrun starts 4 of them on this machine."""
+    from gpt2lab.runtime import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100 * 2**20)
+    data = write_dataset(tmp_path / "data")
+    assert run_main(capsys, "train", "--out", tmp_path / "alone", *cli_flags(data, schedule__max_steps=1)).returncode == 0
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)  # what torchrun sets (one rank of this process group, four here)
+    # the library, not gpt2lab.cli.main: under torchrun main leaves the process through os._exit
+    with pytest.raises(memory.MemoryLimitError, match=r"data.batch_size 4 \(x data.seq_len 16, x 4 processes here\)"):
+        train(tiny_config(data, schedule__max_steps=1), tmp_path / "shared", log=lambda line: None, progress=False)
+    assert not (tmp_path / "shared").exists()

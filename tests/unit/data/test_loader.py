@@ -192,3 +192,43 @@ def test_memmaps_and_refusals(tmp_path):
     (data / "train_000001.bin").write_bytes(b"\0" * 10)  # truncated shard
     with pytest.raises(DataError, match="wrong size"):
         split_tokens(data, "train")
+
+
+def test_a_shard_with_token_ids_beyond_the_vocabulary_is_named_when_first_read(tmp_path):
+    data = make_dataset(tmp_path / "d", [400, 400])
+    tokens = np.fromfile(data / "train_000001.bin", dtype="<u2")
+    tokens[123] = 60000  # fits uint16, not GPT-2's 50257 ids
+    tokens.tofile(data / "train_000001.bin")
+    loader = TokenLoader(data, batch_size=2, seq_len=10, shuffle=False)
+    for _ in range(400 // 20 - 1):
+        loader.next_batch()  # the first shard is fine
+    with pytest.raises(DataError, match=r"shard .*train_000001\.bin holds token id 60000, but the vocabulary .* 50257"):
+        for _ in range(3):
+            loader.next_batch()
+
+
+def test_a_too_small_val_split_is_skipped_only_when_validation_is_not_required(tmp_path):
+    from gpt2lab.data.loader import validation_loader
+
+    data = make_dataset(tmp_path / "d", [1000])
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["val"] = []  # prepare --val-docs 0
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    logs = []
+    assert validation_loader(data, 2, 10, required=False, log=logs.append) is None
+    assert "validation off" in logs[0]
+    with pytest.raises(DataError, match=r"too few for one step.*eval.val_every = 0"):
+        validation_loader(data, 2, 10, required=True)
+
+
+def test_the_shard_order_changes_between_epochs(tmp_path):
+    """Not only the chunks inside each shard: the order the shards themselves are visited in is drawn per epoch."""
+    data = make_dataset(tmp_path / "d", [400, 400, 400, 400])  # token = global position: shard = token // 400
+    loader = TokenLoader(data, batch_size=2, seq_len=10, seed=1)
+    orders = []
+    for _ in range(6):
+        visited = [int(x[0, 0]) // 400 for x, _ in epoch_batches(loader)]
+        order = [s for i, s in enumerate(visited) if i == 0 or s != visited[i - 1]]
+        assert sorted(order) == [0, 1, 2, 3]  # each shard visited in one go per epoch
+        orders.append(tuple(order))
+    assert len(set(orders)) > 1

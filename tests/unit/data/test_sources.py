@@ -27,14 +27,16 @@ def test_jsonl_json_parquet_sources_and_skipped_records(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    (tmp_path / "a.jsonl").write_text('{"text": "one"}\nnot json\n{"body": "no text field"}\n\n{"text": "two"}\n')
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\nnot json\n{"body": "no text field"}\n\n{"text": "two"}\n'
+                                      + "[" * 100_000 + "\n")  # nested too deeply for the decoder: skipped too
     (tmp_path / "b.json").write_text(json.dumps([{"content": "three"}, {"content": "four"}]))
     pq.write_table(pa.table({"content": ["five", "six"]}), tmp_path / "c.parquet")
     logs = []
     prepare(PrepareConfig([str(tmp_path / "a.jsonl")], str(tmp_path / "o1"), val_docs=0, progress=False), logs.append)
     assert documents_of(tmp_path / "o1", "train") == ["one", "two"]
     joined = "\n".join(logs)
-    assert "a.jsonl:2" in joined and "a.jsonl:3" in joined  # line numbers of skipped records
+    assert "a.jsonl:2" in joined and "a.jsonl:3" in joined and "a.jsonl:6" in joined  # lines of skipped records
+    assert read_manifest(tmp_path / "o1")["skipped"]["bad_json"] == 2
     with pytest.raises(DataError, match=r"a\.jsonl:2"):
         prepare(PrepareConfig([str(tmp_path / "a.jsonl")], str(tmp_path / "o2"), strict=True, progress=False), quiet)
     assert not (tmp_path / "o2").exists()  # nothing left behind

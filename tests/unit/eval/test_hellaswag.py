@@ -152,6 +152,10 @@ def test_bad_input_in_the_library_names_file_and_line(tmp_path):
         hellaswag.load_examples(_bad(tmp_path, [{**GOOD[0], "endings": GOOD[0]["endings"] + ["x"]}]))
     with pytest.raises(GPT2LabError, match="label must be"):
         hellaswag.load_examples(_bad(tmp_path, [{**GOOD[0], "label": -1}]))
+    nested = _bad(tmp_path, GOOD)
+    nested.write_text(nested.read_text() + "[" * 100_000 + "\n")  # the JSON decoder recurses per bracket
+    with pytest.raises(GPT2LabError, match=rf"bad.jsonl:{len(GOOD) + 1}: not valid JSON \(nested too deeply\)"):
+        hellaswag.load_examples(nested)
     with pytest.raises(GPT2LabError, match="limit must be"):
         hellaswag.load_examples(_bad(tmp_path, GOOD), limit=0)
 

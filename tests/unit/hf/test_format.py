@@ -166,7 +166,7 @@ def test_truncated_bin(tmp_path):
     torch.save({"a": torch.ones(3)}, tmp_path / "pytorch_model.bin")
     data = (tmp_path / "pytorch_model.bin").read_bytes()
     (tmp_path / "pytorch_model.bin").write_bytes(data[:-40])
-    (tmp_path / "config.json").write_text("{}")
+    _write_tiny_config(tmp_path)
     with pytest.raises(CheckpointError, match="cannot read"):
         load_model(tmp_path)
 
@@ -177,7 +177,7 @@ def test_bin_with_pickled_code_is_refused(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"x": Evil()}, tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text("{}")
+    _write_tiny_config(tmp_path)
     with pytest.raises(CheckpointError, match="cannot read"):
         load_model(tmp_path)
 
@@ -235,3 +235,87 @@ def test_gelu_pytorch_tanh_is_accepted(tmp_path):
     idx = torch.randint(0, ODD["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path)(idx)[0], tiny_gpt()(idx)[0])  # loaded, and the same model
+
+
+def _write_tiny_config(directory):
+    from gpt2lab.hf.format import write_config
+    write_config(tiny_gpt().config, directory)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"[1, 2]", "holds a JSON list, not an object"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (b"{", "is not valid JSON"),
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"model_type": "gpt2"}', "lacks vocab_size, n_embd, n_layer, n_head, n_positions"),
+    (b'{"vocab_size": 64, "n_embd": 16, "n_layer": 2, "n_head": 2, "n_ctx": 8, "layer_norm_epsilon": null}',
+     "impossible model"),
+])
+def test_a_damaged_config_json_is_one_line_naming_it(tmp_path, content, needle, capsys):
+    from gpt2lab.cli import main
+
+    tiny_gpt().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=needle):
+        load_model(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err and "Traceback" not in err
+
+
+def test_an_index_without_weight_map_or_with_a_path_is_refused(tmp_path):
+    tiny_gpt().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "part-1.safetensors")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(CheckpointError, match="has no weight_map"):
+        load_model(tmp_path)
+    index.write_text(json.dumps({"weight_map": {"transformer.wte.weight": "../elsewhere.safetensors"}}))
+    with pytest.raises(CheckpointError, match="not a file name in its directory"):
+        load_model(tmp_path)
+    weight_map = {name: "part-1.safetensors" for name in load_file(tmp_path / "part-1.safetensors")}
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    assert load_model(tmp_path).config == tiny_gpt().config  # a good index still loads
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_a_huge_config_is_refused_before_any_model_is_built(tmp_path, monkeypatch, fmt):
+    """n_layer = 100000 against weights of 3 layers: one line from the safetensors header, before a model (even on
+    the meta device) is built; weights without a header (.bin) are held against the memory available."""
+    tiny_gpt().save_pretrained(tmp_path)
+    if fmt == "bin":
+        torch.save(load_file(tmp_path / "model.safetensors"), tmp_path / "pytorch_model.bin")
+        (tmp_path / "model.safetensors").unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_layer"] = 100_000
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(GPT, "__init__", no_building)
+    from gpt2lab.runtime import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * 2**30)  # 100000 layers of this width need ~11 GiB
+    needle = "n_layer = 100000 but the weights hold 3 layers" if fmt == "safetensors" else "would need ~.* to load"
+    with pytest.raises((CheckpointError, memory.MemoryLimitError), match=needle):
+        load_model(tmp_path)
+
+
+def test_weights_that_do_not_fit_in_memory_are_refused_up_front(tmp_path, monkeypatch):
+    from gpt2lab.runtime import memory
+
+    tiny_gpt().save_pretrained(tmp_path)
+    weights = (tmp_path / "model.safetensors").stat().st_size
+    monkeypatch.setattr(memory, "available_bytes", lambda device: weights // 2)
+    with pytest.raises(memory.MemoryLimitError, match="config.json of .* would need ~.* to load, more than"):
+        load_model(tmp_path)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: weights * 4)
+    assert load_model(tmp_path).config == tiny_gpt().config
+
+
+def test_vocabulary_or_context_against_the_header(tmp_path):
+    tiny_gpt().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_positions": config["n_positions"] * 2}))
+    with pytest.raises(CheckpointError, match=r"transformer\.wpe\.weight has shape"):
+        load_model(tmp_path)

@@ -35,6 +35,16 @@ def test_missing_path(tmp_path):
         load_model("./nope")
 
 
+def test_a_symlink_loop_is_named_as_one(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(ModelNotFoundError, match="is a symlink loop"):
+        load_model(tmp_path / "a")
+    (tmp_path / "self").symlink_to("self")
+    with pytest.raises(ModelNotFoundError, match="is a symlink loop"):
+        resolve_model_dir(str(tmp_path / "self"))
+
+
 def test_directory_without_config_or_weights(tmp_path):
     with pytest.raises(ModelNotFoundError, match="has no config.json"):
         load_model(tmp_path)

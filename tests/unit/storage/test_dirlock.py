@@ -29,3 +29,18 @@ def test_failed_start_leaves_no_directory_but_a_used_one_keeps_its_lock_file(tmp
     with DirectoryLock(used):
         (used / "metrics.jsonl").write_text("{}\n")
     assert sorted(p.name for p in used.iterdir()) == [LOCK_FILE, "metrics.jsonl"]
+
+
+def test_the_holder_record_replaces_a_longer_one_left_by_an_earlier_holder(tmp_path):
+    """The lock file stays between holders: a new record shorter than the last one must not leave its tail behind
+    (the refusal could then not read who holds the lock)."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    earlier = {"pid": 1, "host": "elsewhere", "what": "gpt2lab prepare", "command": "x" * 3000, "since": "then"}
+    (run / LOCK_FILE).write_text(json.dumps(earlier) + "\n")
+    with DirectoryLock(run, what="gpt2lab train"):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with pytest.raises(DirectoryBusyError, match=f"gpt2lab train \\(pid {os.getpid()} on host"):
+            DirectoryLock(run).acquire()

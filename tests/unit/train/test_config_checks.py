@@ -27,3 +27,23 @@ def test_bad_optimizer_and_schedule_settings_are_refused():
     # a saved run config lists every key, Muon's included: resuming an AdamW run from it is not refused
     saved = resolve_config().to_dict()
     assert resolve_config(base=saved).optim.name == "adamw"
+
+
+@pytest.mark.parametrize("optim_name", ["adamw", "muon"])
+def test_every_optimizer_key_is_checked_against_its_range(optim_name):
+    """What PyTorch's optimizers would refuse with a traceback at step 0, or what would make the first update
+    non-finite (an infinite LR), is one line naming the key, for both optimizers."""
+    bad = {"lr": ["0", "-1", "inf", "nan"], "min_lr": ["-1e-5", "inf"], "weight_decay": ["-0.1", "inf"],
+           "beta1": ["2", "-0.1", "1"], "beta2": ["1", "1.5"], "eps": ["0", "-1", "inf"],
+           "grad_clip": ["-1", "inf"]}
+    if optim_name == "muon":
+        bad.update({"muon_lr": ["0", "inf"], "muon_momentum": ["1", "-0.5"], "muon_weight_decay": ["-1", "inf"],
+                    "muon_ns_steps": ["0"]})
+    for key, values in bad.items():
+        for value in values:
+            with pytest.raises(ConfigError, match=f"optim.{key}'? (must be|wants float)"):
+                resolve_config(overrides=[("optim.name", optim_name), (f"optim.{key}", value)])
+    # the edges that are allowed
+    good = resolve_config(overrides=[("optim.name", optim_name), ("optim.beta1", "0"), ("optim.beta2", "0.999"),
+                                     ("optim.weight_decay", "0"), ("optim.grad_clip", "0"), ("optim.min_lr", "0")])
+    assert (good.optim.beta1, good.optim.weight_decay) == (0.0, 0.0)

@@ -223,3 +223,45 @@ def test_the_sharded_path_gathers_orthogonalises_and_scatters_the_same_updates()
         for name, p in whole.named_parameters():
             q = dict(sharded.raw.named_parameters())[name].full_tensor()
             assert torch.allclose(p, q, atol=1e-6), name
+
+
+def quintic_passes(s: torch.Tensor, passes: int) -> torch.Tensor:
+    """What `passes` Newton-Schulz steps do to each singular value (after the Frobenius normalisation):
+    s <- a s + b s^3 + c s^5, in float64."""
+    a, b, c = muon_module.NS_COEFFICIENTS
+    s = s.double() / s.double().norm()
+    for _ in range(passes):
+        s = a * s + b * s ** 3 + c * s ** 5
+    return s
+
+
+def test_newton_schulz_runs_exactly_five_quintic_passes_by_default_and_in_the_optimizer():
+    """The singular values after the iteration are the scalar quintic applied exactly 5 times: 4 or 6 passes land
+    far outside the tolerance (small singular values grow ~3.4x per pass)."""
+    s = torch.tensor([1.0, 0.6, 0.2, 0.05, 0.01, 0.003], dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    u, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    G = (u @ torch.diag(s) @ v.T).float()
+    expected = quintic_passes(s, 5)
+    for wrong in (4, 6):
+        assert (quintic_passes(s, wrong) - expected).abs().max() > 0.05  # the pin can tell them apart
+
+    def spectrum(X):
+        return torch.linalg.svdvals(X.double()).sort(descending=True).values
+
+    assert torch.allclose(spectrum(newton_schulz(G, dtype=torch.float32)), expected.sort(descending=True).values,
+                          atol=2e-3)
+
+    # the optimizer built from the default config: one Muon step of a square block matrix (shape scale 1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_GPT, "n_embd": 6, "n_head": 2}))
+    optimizer = make_optimizer(model, OptimSection(name="muon", muon_ns_dtype="fp32"), CPU)
+    weight = model.transformer.h[0].attn.c_proj.weight
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    weight.grad = G.clone()
+    before = weight.detach().clone()
+    lr = next(group["lr"] for group in optimizer.param_groups if any(p is weight for p in group["params"]))
+    optimizer.step()
+    assert torch.allclose(spectrum((before - weight.detach()) / lr), expected.sort(descending=True).values, atol=2e-3)

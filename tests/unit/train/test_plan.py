@@ -130,3 +130,39 @@ def test_bad_plans_are_one_line_each(tmp_path, capsys):
     assert resolve_config(overrides=[("data.batch_size", "AUTO")]).data.batch_size == "auto"
     with pytest.raises(ConfigError, match="must be positive"):
         resolve_config(overrides=[("data.batch_size", "0")])
+
+
+def test_epochs_with_several_processes_are_the_loaders(tmp_path, capsys):
+    """4 processes x 1 micro-step read 4 chunks a step, as 1 x 4 does: the epochs must count the processes."""
+    data = write_dataset(tmp_path / "data", train_tokens=30_000)
+    flags = cli_flags(data, schedule__max_steps=50, data__batch_size=2, data__total_batch_tokens=128)
+    found = dry_run_json(capsys, *flags, "--plan-gpus", "4")
+    assert (found["world_size"], found["grad_accum"]) == (4, 1)
+    loader = TokenLoader(data, "train", 2, 16, rank=0, world_size=4, grad_accum=1)
+    assert found["epochs"] == pytest.approx(50 / loader.steps_per_epoch)
+
+
+def test_a_muon_checkpoint_is_planned_at_the_size_its_state_takes(capsys):
+    """Muon keeps one momentum buffer per element of its matrices, AdamW two moments: a model whose parameters are
+    mostly block matrices (a small vocabulary) shows the difference. Measured: the weights and the optimizer state
+    after a real step, as the checkpoint stores them (safetensors + torch.save)."""
+    import io
+
+    import torch
+    from safetensors.torch import save as save_safetensors
+
+    from gpt2lab.train.optim import make_optimizer
+
+    shape = {"model.vocab_size": 128, "model.n_embd": 128, "model.n_head": 2, "model.n_layer": 2}
+    overrides = [("optim.name", "muon"), *((k, str(v)) for k, v in shape.items())]
+    found = dry_run_json(capsys, *[f for k, v in overrides for f in ("--set", f"{k}={v}")])
+    config = resolve_config(overrides=overrides)
+    model = GPT(config.model.gpt_config())
+    optimizer = make_optimizer(model, config.optim, torch.device("cpu"))
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
+    optimizer.step()
+    state = io.BytesIO()
+    torch.save(optimizer.state_dict(), state)
+    weights = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied: stored once
+    written = len(save_safetensors(weights)) + len(state.getvalue())
+    assert found["checkpoint_bytes"] == pytest.approx(written, rel=0.03)
