@@ -155,6 +155,8 @@ class Stage:
         else:
             try:
                 record["numbers"] = fn() or {}
+            except CheckSkipped as e:
+                record.update(status="skipped", error=str(e))
             except CheckFailed as e:
                 record.update(status="fail", error=str(e))
             except Exception as e:  # a bug in this script or an unreadable output: this check, not the report
@@ -172,6 +174,10 @@ class Stage:
 
 class CheckFailed(Exception):
     pass
+
+
+class CheckSkipped(Exception):
+    """A check that ran and found nothing to do here (all CUDA tests skipped on a CPU)."""
 
 
 def _text(data) -> str:
@@ -272,7 +278,6 @@ def main(argv: list[str]) -> int:
         bundle(Path(argv[1]).resolve())
         return 0
     if len(argv) == 3 and argv[0] == "run":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         report = run(Path(argv[1]), Path(argv[2]))
         print((Path(argv[2]) / "report.md").read_text())
         failed = [s["name"] for s in report["stages"] if s["status"] == "fail"]
@@ -282,4 +287,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # run as the module `gpu_check`, the one gpu_check_stages imports (not a second copy named __main__)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_check
+
+    sys.exit(gpu_check.main(sys.argv[1:]))
