@@ -197,7 +197,8 @@ def offline_env(bundle_dir: Path, scratch: Path) -> dict:
     cache = scratch / "gpt2lab-cache"  # gpt2lab writes derived files into its cache: never into the bundle
     cache.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bundle_dir / "gpt2.tiktoken", cache / "gpt2.tiktoken")
-    return {**os.environ, "PYTHONPATH": str(REPO), "GPT2LAB_CACHE": str(cache),
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "GPT2LAB_CACHE": str(cache),
             "GPT2LAB_BPE_FILE": str(bundle_dir / "gpt2.tiktoken"), "TIKTOKEN_CACHE_DIR": str(bundle_dir / "tiktoken"),
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
             "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor"), "PYTHONUNBUFFERED": "1"}

@@ -7,13 +7,14 @@
 #                                                # time-boxed stages -> OUT/report.json, report.md, logs.txt
 #                                                # (default OUT gpu-check-out/); exit 1 if a stage failed
 #
-# gpt2lab runs from this source tree (PYTHONPATH), with the Python in $PYTHON (default python3) and its torch.
-# Without a GPU, `run` does the same stages shrunk to a tiny model on the CPU (about a minute).
+# The defaults are in the source tree (git-ignored); gpt2lab runs from this tree (PYTHONPATH), with the Python in
+# $PYTHON (default python3) and its torch. Without a GPU, `run` does the same stages shrunk to a tiny model on the
+# CPU (about a minute on an idle 2-core machine).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cmd="${1:-}"
-case "$cmd" in
-  bundle) exec "${PYTHON:-python3}" scripts/gpu_check.py bundle "${2:-gpu-bundle}" ;;
-  run) exec "${PYTHON:-python3}" scripts/gpu_check.py run "${2:-gpu-bundle}" "${3:-gpu-check-out}" ;;
+root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-python3}"
+case "${1:-}" in
+  bundle) exec "$python" "$root/scripts/gpu_check.py" bundle "${2:-$root/gpu-bundle}" ;;
+  run) exec "$python" "$root/scripts/gpu_check.py" run "${2:-$root/gpu-bundle}" "${3:-$root/gpu-check-out}" ;;
   *) echo "usage: $0 bundle [DIR] | run [DIR] [OUT]" >&2; exit 2 ;;
 esac
