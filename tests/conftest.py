@@ -1,5 +1,6 @@
 """Shared test helpers: tiny models, Hugging Face reference models saved to local directories, the CLI in a
-subprocess; the session's own gpt2lab cache; and the `slow` mark of every end-to-end test (tests/e2e/)."""
+subprocess; the session's own gpt2lab cache; the `slow` mark of every end-to-end test (tests/e2e/) and the `cuda`
+mark of every GPU test (tests/cuda/)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gpt2lab import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = Path(__file__).resolve().parent / "e2e"
+CUDA = Path(__file__).resolve().parent / "cuda"
 # Tests never wait on the network: huggingface_hub answers from the cache (or fails) at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -32,10 +34,13 @@ ODD = dict(n_layer=3, n_head=3, n_embd=48, block_size=37, vocab_size=1011)
 
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/e2e/ starts processes (the CLI, torchrun, pip, a server, a browser): all are `slow`, so
-    that `pytest -m "not slow"` runs the in-process unit tests of tests/unit/ alone."""
+    that `pytest -m "not slow"` runs the in-process unit tests of tests/unit/ alone. Every test under tests/cuda/
+    is `cuda` (`pytest -m cuda`, the GPU check's stage 2; they skip themselves without a GPU)."""
     for item in items:
         if E2E in item.path.resolve().parents:
             item.add_marker(pytest.mark.slow)
+        if CUDA in item.path.resolve().parents:
+            item.add_marker(pytest.mark.cuda)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,6 +26,8 @@ def add_command(commands):
     p.add_argument("--batch-size", type=int, default=4, help="train: micro-batch size (default 4)")
     p.add_argument("--seq-len", type=int, default=256, help="train: sequence length (default 256)")
     p.add_argument("--iters", type=int, default=3, help="train: timed steps per repetition (default 3)")
+    p.add_argument("--compile", action="store_true",
+                   help="train: run ours through torch.compile, as runtime.compile = true does (warm-up compiles)")
     p.add_argument("--batch-sizes", type=csv_of(int), default=[1, 8], help="generate: batch sizes (default 1,8)")
     p.add_argument("--new-tokens", type=int, default=256, help="generate, serve: tokens per sequence (default 256)")
     p.add_argument("--clients", type=int, default=8,
@@ -47,6 +49,8 @@ def run(args) -> int:
     from gpt2lab.storage.atomic import writable_file
     from gpt2lab.tools import bench
 
+    if args.compile and args.mode != "train":
+        raise GPT2LabError("--compile applies to `bench train` only")
     positive_flags(args, "batch_size", "seq_len", "iters", "new_tokens", "text_repeat", "repeats", "clients")
     if any(b < 1 for b in args.batch_sizes):
         raise GPT2LabError("--batch-sizes must all be at least 1")
@@ -59,7 +63,7 @@ def run(args) -> int:
     config = bench.BENCH_CONFIGS[args.model]
     if args.mode == "train":
         report = bench.bench_train(config, args.batch_size, args.seq_len, device, dtypes, args.iters,
-                                   repeats=args.repeats, compare=not args.no_compare)
+                                   repeats=args.repeats, compare=not args.no_compare, compile=args.compile)
     elif args.mode == "serve":
         report = bench.bench_serve(config, clients=args.clients, new_tokens=args.new_tokens, device=device,
                                    dtype=dtypes[0], repeats=args.repeats)

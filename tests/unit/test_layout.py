@@ -1,6 +1,7 @@
 """tests/ mirrors the package: every module gpt2lab/<package>/<module>.py has its unit tests in
 tests/unit/<package>/test_<module>.py (a package's __init__.py in test_init.py, when it holds code of its own rather
-than imports), and everything under tests/e2e/ is marked slow, so `pytest -m "not slow"` is the unit tests alone."""
+than imports), and everything under tests/e2e/ is marked slow, so `pytest -m "not slow"` is the unit tests alone (with
+tests/cuda/, marked cuda, which skip without a GPU)."""
 
 import ast
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_every_module_has_its_unit_test_file_and_every_unit_test_file_its_module
     assert orphans == [], "unit test files that mirror no module: " + ", ".join(orphans)
 
 
-def test_everything_under_e2e_is_marked_slow_and_nothing_else():
+def test_everything_under_e2e_is_marked_slow_everything_under_cuda_cuda_and_nothing_else():
     """tests/conftest.py marks each collected test by where it lives."""
     from tests import conftest
 
@@ -51,6 +52,7 @@ def test_everything_under_e2e_is_marked_slow_and_nothing_else():
             self.marks.append(mark.name)
 
     items = [Item(TESTS / "e2e" / "test_train.py"), Item(TESTS / "unit" / "train" / "test_trainer.py"),
-             Item(TESTS / "unit" / "test_layout.py"), Item(TESTS / "e2e" / "test_serve_api.py")]
+             Item(TESTS / "unit" / "test_layout.py"), Item(TESTS / "e2e" / "test_serve_api.py"),
+             Item(TESTS / "cuda" / "test_cuda.py")]
     conftest.pytest_collection_modifyitems(None, items)
-    assert [item.marks for item in items] == [["slow"], [], [], ["slow"]]
+    assert [item.marks for item in items] == [["slow"], [], [], ["slow"], ["cuda"]]

@@ -36,13 +36,17 @@ class Row:
 
 
 
-def measure(fns: dict, device, iters: int = 1, warmup: int = 1, repeats: int = 3) -> tuple[dict, dict]:
+def measure(fns: dict, device, iters: int = 1, warmup: int = 1, repeats: int = 3,
+            reserved: dict | None = None) -> tuple[dict, dict]:
     """Warm each fn up on its own (so each gets its own peak memory), then time `repeats` rounds of `iters`
     calls, alternating between fns so that load from elsewhere on the machine hits them alike.
-    Returns ({name: [seconds per call]}, {name: peak MB or None})."""
+    Returns ({name: [seconds per call]}, {name: peak MB or None}); `reserved` gets {name: the CUDA allocator's
+    peak reserved MB during the warm-up, or None off CUDA}."""
     peaks = {}
     for name, fn in fns.items():
         peaks[name] = peak_mb_of(fn, device, warmup)
+        if reserved is not None:
+            reserved[name] = torch.cuda.max_memory_reserved() / 2**20 if torch.device(device).type == "cuda" else None
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

@@ -78,9 +78,11 @@ def bench_train(
     warmup: int = 2,
     repeats: int = 3,
     compare: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Training steps of ours and transformers', same weights, batch and dtype: float32 in full precision,
-    bfloat16/float16 under autocast (weights and optimizer in float32), the way `gpt2lab train` runs them."""
+    bfloat16/float16 under autocast (weights and optimizer in float32), the way `gpt2lab train` runs them.
+    `compile`: ours through torch.compile, as runtime.compile = true trains it (the warm-up steps compile)."""
     config.check_context(seq_len, "seq_len")
     widest_amp = None if widest(dtypes) == 4 else torch.bfloat16
     needed = StepMemory(config, parameter_counts(config, "adamw"), device_spec(device, widest_amp), 1, 0).estimate(
@@ -100,7 +102,7 @@ def bench_train(
         dtype = resolve_dtype(name)
         amp = None if dtype == torch.float32 else dtype
         ours = copy_model(base, device).train()
-        step = TrainStep(ParallelModel(ours), make_optimizer(ours, settings, device), device=device, amp_dtype=amp,
+        step = TrainStep(ParallelModel(ours, compile=compile), make_optimizer(ours, settings, device), device=device, amp_dtype=amp,
                          grad_clip=settings.grad_clip)
         fns[("gpt2lab", name)] = lambda step=step: step(0, repeat((x, y)))
         if compare:
@@ -114,7 +116,8 @@ def bench_train(
                                 grad_clip=settings.grad_clip, loss_fn=hf_loss)
             fns[("transformers", name)] = lambda step=hf_step: step(0, repeat((idx[:, :seq_len], idx[:, :seq_len])))
 
-    times, peaks = measure(fns, device, iters, warmup, repeats)
+    reserved = {}
+    times, peaks = measure(fns, device, iters, warmup, repeats, reserved=reserved)
 
     n_params = base.num_parameters()
     fpt = flops_per_token(n_params, config.n_layer, config.n_embd, seq_len)
@@ -130,10 +133,15 @@ def bench_train(
                  "matmuls_alone_ms": matmuls_alone[name] * 1e3, "matmul_share": matmuls_alone[name] / median}
         if (pub := peak_flops(device)) is not None:
             extra["mfu_vs_published_bf16_peak"] = achieved / pub
+        if reserved[(impl, name)] is not None:  # CUDA: what the caching allocator held, besides what it handed out
+            extra["peak_reserved_mb"] = reserved[(impl, name)]
+        if peaks[(impl, name)] is not None:  # the planner's estimate against this measurement
+            extra["peak_over_planner_estimate"] = peaks[(impl, name)] * 2**20 / needed
         rows.append(Row(impl, name, batch_size, batch_size * seq_len / median, median * 1e3, peaks[(impl, name)], extra))
     add_dtype_ratios(rows)
     return report("train", device, rows, {
         "config": asdict(config), "batch_size": batch_size, "seq_len": seq_len, "params": n_params,
+        "compiled": compile, "planner_estimate_mb": needed / 2**20,
         "flops_per_token": fpt, "matmul_peak_gflops": {k: v / 1e9 for k, v in matmul_peak.items()},
         "matmuls_alone_ms": {k: v * 1e3 for k, v in matmuls_alone.items()},
     })

@@ -11,6 +11,7 @@ from gpt2lab.cli import main
     (["train", "--model", "tiny", "--seq-len", "4096"], "--seq-len (4096) is longer than the model's context of 128 tokens"),
     (["generate", "--dtypes", "float8"], "unknown dtype 'float8'"),
     (["train", "--device", "tpu"], "unknown device 'tpu'"),
+    (["generate", "--model", "tiny", "--compile"], "--compile applies to `bench train` only"),
 ])
 def test_bench_bad_input(capsys, args, message):
     assert main(["bench", *args]) == 2

@@ -41,3 +41,21 @@ def test_step_matmuls_are_the_products_of_a_training_step():
     assert flops == 6 * B * T * matmul_weights + config.n_layer * 6 * 2 * B * T * T * config.n_embd
     # every projection's weight gradient multiplies a transposed activation by the output gradient
     assert sum(1 for s in shapes if s[0] == 1 and s[4]) == 4 * config.n_layer + 1
+
+
+def test_bench_train_compile_runs_ours_through_torch_compile_and_holds_the_peak_against_the_planner(
+        tmp_path, capsys, monkeypatch):
+    """--compile compiles our model (not transformers'), as runtime.compile does; every row's measured peak is set
+    against the planner's estimate for the step (the GPU check's speed stage reads both)."""
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(type(model).__name__) or model)
+    report = run_bench(tmp_path, capsys, "train", "--model", "tiny", "--batch-size", "2", "--seq-len", "16",
+                       "--iters", "1", "--dtypes", "float32", "--compile")
+    assert compiled == ["GPT"] and report["details"]["compiled"] is True
+    estimate = report["details"]["planner_estimate_mb"]
+    assert estimate > 0
+    row = next(r for r in report["results"] if r["impl"] == "gpt2lab")
+    assert row["extra"]["peak_over_planner_estimate"] == pytest.approx(row["peak_mem_mb"] / estimate)
+    assert "peak_reserved_mb" not in row["extra"]  # the CUDA allocator's number; a CPU has none

@@ -1,0 +1,132 @@
+"""scripts/gpu_check.sh, bundle then run, under the GPU machine's conditions as far as a CPU machine can copy them,
+so that the check cannot rot between GPU slots: the run step sees no network (only loopback, for torchrun), cannot
+import `datasets`, FastAPI or uvicorn, and has no installed gpt2lab (a copy of the source tree on PYTHONPATH, and
+only that copy). Without a GPU every stage is reached, shrunk to a tiny model: the CUDA-only checks say skipped,
+all the others pass, and the report parses."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO
+
+# Imported at start-up by every Python of the run step (it is first on PYTHONPATH): the GPU machine's limits.
+GPU_MACHINE = textwrap.dedent('''
+    import importlib.machinery, ipaddress, socket, sys
+
+    TREE = {tree!r}
+    MISSING = {{"datasets", "fastapi", "uvicorn"}}
+
+    class GPUMachine:
+        """No `datasets`/FastAPI/uvicorn; gpt2lab only from the tree copy, as if not installed."""
+        def find_spec(self, name, path=None, target=None):
+            top = name.partition(".")[0]
+            if top in MISSING:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (the GPU machine has none)", name=name)
+            if name == "gpt2lab":
+                spec = importlib.machinery.PathFinder.find_spec(name, [TREE])
+                if spec is None:
+                    raise ModuleNotFoundError("gpt2lab is not installed on the GPU machine", name=name)
+                return spec
+            return None
+
+    sys.meta_path.insert(0, GPUMachine())
+
+    def _local(address):
+        host = address[0] if isinstance(address, tuple) else address
+        if not isinstance(host, str) or host in ("localhost", ""):
+            return True
+        try:
+            return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    _connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family != socket.AF_UNIX and not _local(address):
+            raise OSError(101, "Network is unreachable (the GPU machine has no network)")
+        return _connect(self, address)
+
+    socket.socket.connect = connect
+    _getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "localhost") and not _local((host,)) and host != socket.gethostname():
+            raise socket.gaierror(-2, "Name or service not known (the GPU machine has no network)")
+        return _getaddrinfo(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+''')
+
+CPU_SKIPS = {("environment", "torch.compile on CUDA"), ("cuda_tests", "pytest -m cuda"),
+             ("speed", "bench train, compiled")}
+
+
+def copy_of_the_tree(destination):
+    """The files git would ship (tracked and new, not ignored): what travels to the GPU machine."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def test_bundle_then_run_reaches_every_stage_offline_without_the_missing_packages(tmp_path):
+    tree = copy_of_the_tree(tmp_path / "tree")
+    bundle = tmp_path / "bundle"
+    made = subprocess.run(["bash", tree / "scripts/gpu_check.sh", "bundle", bundle], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=600)
+    assert made.returncode == 0, made.stderr
+    assert sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) <= 20 * 2**20
+
+    shim = tmp_path / "gpu-machine"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(GPU_MACHINE.format(tree=str(tree)))
+    env = {k: v for k, v in os.environ.items() if k not in ("GPT2LAB_CACHE", "GPT2LAB_BPE_FILE")}
+    env.update(PYTHON=sys.executable, PYTHONPATH=str(shim), HOME=str(tmp_path / "home"),  # no user cache either
+               XDG_CACHE_HOME=str(tmp_path / "home/.cache"))
+    out = tmp_path / "out"
+    ran = subprocess.run(["bash", tree / "scripts/gpu_check.sh", "run", bundle, out], capture_output=True, text=True,
+                         env=env, timeout=1800)
+    report = json.loads((out / "report.json").read_text())
+    statuses = {(s["name"], c["name"]): (c["status"], c["error"]) for s in report["stages"] for c in s["checks"]}
+    assert [s["name"] for s in report["stages"]] == ["environment", "cuda_tests", "speed", "end_to_end", "memory"]
+    failed = {k: v for k, v in statuses.items() if v[0] == "fail"}
+    assert not failed, failed
+    assert {k for k, v in statuses.items() if v[0] == "skipped"} == CPU_SKIPS
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert len(statuses) == 15  # every check reached
+
+    env_numbers = report["stages"][0]["numbers"]
+    assert env_numbers["gpt2lab"] == str(tree / "gpt2lab" / "__init__.py")  # the copy, not an installed gpt2lab
+    assert {"datasets", "fastapi", "uvicorn"} <= set(report["stages"][0]["checks"][0]["numbers"]["not_importable"])
+    tests = report["stages"][1]["checks"][0]
+    assert "all" in tests["error"] and "skipped" in tests["error"]  # pytest ran the CUDA tests, which skipped
+    end_to_end = {c["name"]: c["numbers"] for c in report["stages"][3]["checks"]}
+    assert end_to_end["adamw: --resume is bit-exact"]["steps_compared"] == 8
+    assert end_to_end["muon: 8 steps, evaluated"]["last_loss"] < end_to_end["muon: 8 steps, evaluated"]["first_loss"]
+    assert report["stages"][4]["checks"][1]["numbers"]["batch_size_trained"] >= 1  # what "auto" chose, and trained
+
+    files = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert files == ["logs.txt", "report.json", "report.md"]
+    assert all((out / name).stat().st_size <= 16 * 2**20 for name in files)
+    markdown = (out / "report.md").read_text()
+    assert all(stage in markdown for stage in ("environment", "cuda_tests", "speed", "end_to_end", "memory"))
+
+
+@pytest.mark.parametrize("args, message", [(["run", "no-bundle", "out"], "no-bundle/gpt2.tiktoken is missing"),
+                                           (["nonsense"], "usage:")])
+def test_a_missing_bundle_or_a_wrong_command_is_one_line(tmp_path, args, message):
+    result = subprocess.run(["bash", REPO / "scripts/gpu_check.sh", *args], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode != 0 and not (tmp_path / "out").exists()
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
