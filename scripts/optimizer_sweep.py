@@ -128,6 +128,14 @@ ARMS: dict[str, list[str]] = {
     "muon-0.02-adam-8e-3-split-qkv-wsd-300-steps-decay-1.0-s2": muon(**{**FINAL, "muon_lr": 0.02},
                                                                      schedule__max_steps=300,
                                                                      schedule__decay_fraction=1.0, **SEED2),
+    # issue 25, the speed-run era's architecture-neutral techniques, each added alone to today's preset (FINAL)
+    # and the winners together; same seed and data order as every arm above
+    "sr-base": muon(**FINAL),
+    "sr-polar-express": muon(**FINAL, optim__muon_ns_coefficients="polar_express"),
+    "sr-normuon": muon(**FINAL, optim__muon_normuon="true"),
+    "sr-momentum-warmup": muon(**FINAL, optim__muon_momentum_warmup_steps=300, optim__muon_momentum_start=0.85),
+    "sr-wd-0.1": muon(**FINAL, optim__muon_weight_decay=0.1),
+    "sr-cautious-wd-0.1": muon(**FINAL, optim__muon_weight_decay=0.1, optim__cautious_wd="true"),
 }
 
 

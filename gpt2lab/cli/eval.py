@@ -29,8 +29,10 @@ def add_command(commands):
     p.add_argument("--stride", type=int, help="loss: new targets per window (default: --seq-len, "
                    "non-overlapping windows; smaller gives each token more context)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
-    p.add_argument("--dtype", default="float32",
-                   help="autocast precision of the forward pass: float32, bfloat16, float16 (default: float32)")
+    p.add_argument("--dtype", default="auto",
+                   help="autocast precision of the forward pass: float32, bfloat16, float16, or auto (default): "
+                   "bfloat16 where the device computes it natively (as `runtime.precision = auto` trains), "
+                   "float16 on older CUDA GPUs, else float32")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     p.set_defaults(run=run)
     return p
@@ -40,10 +42,15 @@ def run(args) -> int:
     from gpt2lab.eval import hellaswag, loss
     from gpt2lab.model.gpt import load_model
     from gpt2lab.runtime import distributed
-    from gpt2lab.runtime.device import resolve_device, resolve_dtype
+    from gpt2lab.runtime.device import autocast_dtype as precision_of, keep_freed_memory, resolve_device
 
-    # float32 runs without autocast (gpt2lab.runtime.device.autocast)
-    device, autocast_dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    # float32 runs without autocast (None; gpt2lab.runtime.device.autocast)
+    device = resolve_device(args.device)
+    autocast_dtype = precision_of(args.dtype, device)
+    if device.type == "cpu":
+        # every batch allocates and frees its (batch x window x vocab) logits, ~200 MB for the demo model; without
+        # this each batch page-faults all of it in again (measured ~1.5-2x slower; docs/speed.md)
+        keep_freed_memory()
     # Read the data before the (slower) model load, so a bad file or an offline download fails at once.
     if args.task == "hellaswag":
         examples = hellaswag.load_examples(args.data, limit=args.limit)
@@ -64,6 +71,7 @@ def run(args) -> int:
         sentence = (f"loss: {result.loss:.4f}  perplexity {result.perplexity:.2f}  tokens {result.tokens}  "
                     f"({result.tokens_per_s:.0f} tokens/s, {result.seconds:.1f} s)")
     if ctx.is_main:
-        record = {"task": args.task, "model": str(args.model), "data": args.data, **result.to_dict()}
+        dtype = str(autocast_dtype or "torch.float32").removeprefix("torch.")
+        record = {"task": args.task, "model": str(args.model), "data": args.data, "dtype": dtype, **result.to_dict()}
         print(json.dumps(record) if args.json else sentence, flush=True)
     return 0

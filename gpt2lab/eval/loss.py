@@ -100,16 +100,13 @@ def evaluate_loss(
 
     started = time.perf_counter()
     rank, world_size = distributed.rank_and_world()
-    loss_sum, count = 0.0, 0
     mine = jobs[rank::world_size]
     needed = memory.inference_bytes(model.config, min(batch_size, len(mine)), seq_len, scored=stride,
                                     bytes_per_value=(autocast_dtype or torch.float32).itemsize)
     memory.check_fits("batch_size", batch_size, needed, device)  # before the first (and largest) batch
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed on the device: no sync per batch
     for i in range(0, len(mine), batch_size):
-        batch_sum, batch_count = _window_losses(model, mine[i : i + batch_size], device, autocast_dtype)
-        loss_sum += batch_sum
-        count += batch_count
-    totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=device)
+        totals += torch.stack(_window_losses(model, mine[i : i + batch_size], device, autocast_dtype))
     loss_sum, count = distributed.all_reduce_sum(totals).tolist()
     seconds = time.perf_counter() - started
     loss = loss_sum / count
@@ -122,7 +119,7 @@ def evaluate_loss(
     )
 
 
-def _window_losses(model, jobs, device, autocast_dtype) -> tuple[float, int]:
+def _window_losses(model, jobs, device, autocast_dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed loss, number of targets) of a batch of windows, right-padded to the longest."""
     width = max(w.end - w.start for _, w in jobs)
     scored = max(w.end - w.first_target + 1 for _, w in jobs)
@@ -143,13 +140,38 @@ def _window_losses(model, jobs, device, autocast_dtype) -> tuple[float, int]:
         raise GPT2LabError(
             f"the data holds token id {largest}, beyond the model's vocabulary of {vocab_size}; wrong tokenizer?"
         )
-    inputs, positions, targets = inputs.to(device), positions.to(device), targets.to(device)
-    with torch.no_grad(), autocast(device, autocast_dtype):
-        logits = logits_at(model, inputs, positions)
-    loss_sum = F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
-    )
-    return float(loss_sum), int((targets != -100).sum())
+    return summed_loss(model, inputs.to(device), targets.to(device), device, autocast_dtype, positions.to(device))
+
+
+def summed_loss(model, inputs, targets, device, autocast_dtype, positions=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number of targets), float64 tensors on the device, of one batch: `targets` (B, K) are
+    the tokens predicted at `positions` (B, K) of `inputs` (B, T), or at every position when positions is None
+    (K = T); -100 marks padding. The one loss computation of both the held-out loss and the trainer's val loss.
+
+    Left on the device, so a GPU never waits for the host between batches. Under inference_mode (cheaper than
+    no_grad: no version counters, no views tracked), except for an FSDP-sharded model, whose all-gathered
+    parameter buffers outlive the forward pass and must not become inference tensors that training then updates.
+    """
+    sharded = hasattr(next(model.parameters()), "to_local")
+    with (torch.no_grad() if sharded else torch.inference_mode()), autocast(device, autocast_dtype):
+        logits = logits_at(model, inputs, positions) if positions is not None else model(inputs)[0]
+        # float32 for the sum over 50k classes; a no-op (no copy) when the logits already are
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                                   reduction="sum")
+        return loss_sum.double(), (targets != -100).sum().double()
+
+
+def fixed_batches_loss(model, batches, device, autocast_dtype) -> float:
+    """Mean loss over `batches` [(inputs, targets), ...] (the trainer's fixed val batches), over all ranks' tokens.
+    Every rank must pass the same number of batches: a sharded model needs all ranks in every forward pass."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    for x, y in batches:
+        totals += torch.stack(summed_loss(model, x.to(device), y.to(device), device, autocast_dtype))
+    model.train(was_training)
+    loss_sum, count = distributed.all_reduce_sum(totals).tolist()
+    return loss_sum / count
 
 
 def _as_streams(tokens_or_memmaps, max_tokens: int | None) -> list:

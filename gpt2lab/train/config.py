@@ -71,6 +71,13 @@ class OptimSection:
     # Newton-Schulz in: auto (bf16 where the device computes it natively, else fp32) | bf16 | fp32. fp32 makes
     # Muon's numbers independent of how the gradients were summed (FSDP vs DDP), to float rounding.
     muon_ns_dtype: str = "auto"
+    # the speed-run era's Muon refinements (issue 25; docs/muon.md has their ablation), all off by default
+    muon_ns_coefficients: str = "quintic"  # quintic (fixed a, b, c) | polar_express (one per iteration, <= 5 steps)
+    muon_normuon: bool = False  # NorMuon: per-neuron second-moment normalisation of the orthogonalised update
+    muon_normuon_beta2: float = 0.95  # NorMuon's EMA factor, in [0, 1)
+    cautious_wd: bool = False  # Muon's weight decay only where the update and the weight agree in sign
+    muon_momentum_warmup_steps: int = 0  # momentum ramps linearly from muon_momentum_start to muon_momentum
+    muon_momentum_start: float = 0.85
 
 
 @dataclass

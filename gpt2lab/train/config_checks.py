@@ -4,9 +4,11 @@ import dataclasses
 import math
 
 from gpt2lab.train.config import AUTO, ConfigError, OptimSection, TrainConfig
+from gpt2lab.train.muon import COEFFICIENT_SCHEDULES, POLAR_EXPRESS
 
 
-MUON_KEYS = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimSection) if f.name.startswith("muon_"))
+MUON_KEYS = tuple(f"optim.{f.name}" for f in dataclasses.fields(OptimSection)
+                  if f.name.startswith("muon_") or f.name == "cautious_wd")  # cautious_wd: Muon's decay only
 
 
 def validate(config: TrainConfig, given=()) -> None:
@@ -33,6 +35,7 @@ def validate(config: TrainConfig, given=()) -> None:
             raise ConfigError(f"{key} must not be negative, got {flat[key]}")
     optim, schedule = config.optim, config.schedule
     _check_optimizer(optim, given)
+    _check_speedrun_options(optim, schedule)
     if schedule.name not in ("cosine", "wsd"):
         raise ConfigError(f"schedule.name must be cosine or wsd, got '{schedule.name}'")
     if not 0 < schedule.decay_fraction <= 1:
@@ -87,3 +90,23 @@ def _check_optimizer(optim, given=()) -> None:
         raise ConfigError(f"optim.muon_ns_steps must be at least 1, got {optim.muon_ns_steps}")
     if optim.muon_ns_dtype not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"optim.muon_ns_dtype must be auto, bf16 or fp32, got '{optim.muon_ns_dtype}'")
+
+
+def _check_speedrun_options(optim, schedule) -> None:
+    """The Muon options of the speed-run era (train/muon.py), off by default."""
+    if optim.muon_ns_coefficients not in COEFFICIENT_SCHEDULES:
+        raise ConfigError(f"optim.muon_ns_coefficients must be {' or '.join(COEFFICIENT_SCHEDULES)}, "
+                          f"got '{optim.muon_ns_coefficients}'")
+    if optim.muon_ns_coefficients == "polar_express" and optim.muon_ns_steps > len(POLAR_EXPRESS):
+        raise ConfigError(f"optim.muon_ns_steps must be at most {len(POLAR_EXPRESS)} with polar_express "
+                          f"coefficients (one per iteration), got {optim.muon_ns_steps}")
+    if not 0 <= optim.muon_normuon_beta2 < 1:
+        raise ConfigError(f"optim.muon_normuon_beta2 must be in [0, 1), got {optim.muon_normuon_beta2}")
+    if not 0 <= optim.muon_momentum_start < 1:
+        raise ConfigError(f"optim.muon_momentum_start must be in [0, 1), got {optim.muon_momentum_start}")
+    if not 0 <= optim.muon_momentum_warmup_steps <= schedule.max_steps:
+        raise ConfigError(f"optim.muon_momentum_warmup_steps must be in [0, schedule.max_steps = "
+                          f"{schedule.max_steps}], got {optim.muon_momentum_warmup_steps}")
+    if optim.cautious_wd and optim.name == "muon" and optim.muon_weight_decay == 0:
+        raise ConfigError("optim.cautious_wd changes how Muon's weight decay is applied, but "
+                          "optim.muon_weight_decay is 0; set it or drop optim.cautious_wd")

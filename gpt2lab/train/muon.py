@@ -18,9 +18,30 @@ import torch
 import torch.distributed as dist
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# Polar Express (Amsel, Persson, Musco & Gower 2025, arXiv 2505.16932; in modded-nanogpt since 2025): a different
+# (a, b, c) for each iteration, each the minimax-optimal odd quintic for where the singular values are by then, with
+# a 2 % safety margin on the starting norm. The singular values land much closer to 1 in the same 5 iterations.
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+COEFFICIENT_SCHEDULES = ("quintic", "polar_express")
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def ns_schedule(name: str, steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) of each of `steps` iterations: the fixed quintic every time, or Polar Express's first `steps`."""
+    if name == "quintic":
+        return (NS_COEFFICIENTS,) * steps
+    if name == "polar_express" and steps <= len(POLAR_EXPRESS):
+        return POLAR_EXPRESS[:steps]
+    raise ValueError(f"no Newton-Schulz schedule '{name}' of {steps} steps")
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16,
+                  coefficients: str = "quintic") -> torch.Tensor:
     """Approximately orthogonalise G (a matrix, or a batch of matrices in the last two dims) -> ~U Vᵀ, in `dtype`.
 
     X is first divided by its Frobenius norm (>= its spectral norm), so every singular value starts in [0, 1], where
@@ -28,19 +49,21 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: tor
     the smaller side: a wide X is used as it is, a tall one is transposed first (and back at the end), so A is
     min(rows, cols) square. The result is transpose-equivariant: orthogonalising Gᵀ gives the transpose.
     """
-    a, b, c = NS_COEFFICIENTS
+    schedule = ns_schedule(coefficients, steps)
     X = G.to(dtype)
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    for _ in range(steps):
+    margin = 1.02 if coefficients == "polar_express" else 1.0  # its coefficients assume a spectral norm <= 1/1.02
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * margin + eps)
+    for a, b, c in schedule:
         A = X @ X.mT
         X = a * X + (b * A + c * (A @ A)) @ X
     return X.mT if tall else X
 
 
-def orthogonalised_updates(updates: torch.Tensor, steps: int, split: int, dtype: torch.dtype) -> torch.Tensor:
+def orthogonalised_updates(updates: torch.Tensor, steps: int, split: int, dtype: torch.dtype,
+                           coefficients: str = "quintic") -> torch.Tensor:
     """The Muon step directions for n weights of one shape, (n, fan_in, fan_out), stored as our Conv1D keeps them
     (HF's layout), orthogonalised together: one batched Newton-Schulz instead of n small ones, whose fixed cost per
     matmul dominates for a small model's matrices (the 24 of the demo model: 42 -> 20 ms per step in bf16 on a
@@ -54,22 +77,31 @@ def orthogonalised_updates(updates: torch.Tensor, steps: int, split: int, dtype:
     """
     n, fan_in, fan_out = updates.shape
     blocks = updates.view(n, fan_in, split, fan_out // split).transpose(1, 2)  # (n, split, fan_in, fan_out / split)
-    ortho = newton_schulz(blocks, steps, dtype=dtype).to(updates.dtype)
+    ortho = newton_schulz(blocks, steps, dtype=dtype, coefficients=coefficients).to(updates.dtype)
     scale = max(1.0, (fan_out // split) / fan_in) ** 0.5
     return (ortho * scale).transpose(1, 2).reshape(n, fan_in, fan_out)  # each [i] contiguous, as broadcast needs
 
 
-def orthogonalised_update(update: torch.Tensor, steps: int, split: int, dtype: torch.dtype) -> torch.Tensor:
+def orthogonalised_update(update: torch.Tensor, steps: int, split: int, dtype: torch.dtype,
+                          coefficients: str = "quintic") -> torch.Tensor:
     """The Muon step direction of one weight (fan_in, fan_out): `orthogonalised_updates` of a batch of one."""
-    return orthogonalised_updates(update[None], steps, split, dtype)[0]
+    return orthogonalised_updates(update[None], steps, split, dtype, coefficients)[0]
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D weights. Per group: lr, momentum, nesterov, ns_steps, weight_decay (decoupled, as AdamW's), and
-    split (1, or 3 to orthogonalise a fused q|k|v weight as three matrices).
+    """Muon for 2-D weights. Per group: lr, momentum, nesterov, ns_steps, ns_coefficients ("quintic" or
+    "polar_express"), weight_decay (decoupled, as AdamW's), cautious_wd, normuon_beta2 (0: off), and split (1, or 3
+    to orthogonalise a fused q|k|v weight as three matrices).
 
     Every step:  buf = momentum * buf + grad;  g = grad + momentum * buf (Nesterov) or buf;
-                 p = p * (1 - lr * weight_decay) - lr * orthogonalised_update(g).
+                 u = orthogonalised_update(g), then NorMuon's per-neuron normalisation of u if normuon_beta2 > 0;
+                 p = p * (1 - lr * weight_decay * mask) - lr * u,  mask = 1, or (cautious_wd) where u and p agree in
+                 sign (the decay then only helps the step it goes with; lr carries the schedule, so the decay follows it).
+
+    NorMuon (Li et al. 2025, arXiv 2510.05491; modded-nanogpt): orthogonalisation equalises the singular values, not
+    the size of each output neuron's row of the update, which can still differ a lot. An EMA (beta2) of each neuron's
+    mean squared update divides it out, Adam-style, and the whole update is then rescaled to its Frobenius norm
+    before, so the LR keeps its meaning. The EMA is per parameter state ("normuon_v"), so a resume restores it.
 
     Under torch.distributed rank r orthogonalises the matrices i with i % world_size == r (those of one shape
     together, in one batched Newton-Schulz). With DDP every rank holds the averaged gradients, and each update is
@@ -83,9 +115,12 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-                 weight_decay: float = 0.0, split: int = 1, ns_dtype: torch.dtype = torch.bfloat16):
+                 weight_decay: float = 0.0, split: int = 1, ns_dtype: torch.dtype = torch.bfloat16,
+                 ns_coefficients: str = "quintic", cautious_wd: bool = False, normuon_beta2: float = 0.0):
+        ns_schedule(ns_coefficients, ns_steps)  # refuse an unknown schedule now, not at the first step
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
-                        split=split)
+                        split=split, ns_coefficients=ns_coefficients, cautious_wd=cautious_wd,
+                        normuon_beta2=normuon_beta2)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -120,10 +155,33 @@ class Muon(torch.optim.Optimizer):
         updates = self._sharded_updates(matrices) if sharded else self._replicated_updates(matrices)
         for (p, group, _), update in zip(matrices, updates):
             local = p.to_local() if sharded else p
+            if group.get("normuon_beta2", 0.0):
+                update = self._normuon(p, update, group["normuon_beta2"], sharded)
             if group["weight_decay"]:
-                local.mul_(1 - group["lr"] * group["weight_decay"])
+                decay = group["lr"] * group["weight_decay"]
+                if group.get("cautious_wd", False):  # decay only the entries the update also shrinks
+                    local.sub_(local * (update * local > 0) * decay)
+                else:
+                    local.mul_(1 - decay)
             local.add_(update, alpha=-group["lr"])
         return loss
+
+    def _normuon(self, p, update: torch.Tensor, beta2: float, sharded: bool) -> torch.Tensor:
+        """NorMuon: `update` (this rank's rows of it under FSDP) with each output neuron (a column in the stored
+        (fan_in, fan_out) layout) divided by the root of its EMA'd mean square, at the same Frobenius norm. Every
+        rank computes the same column sums (the whole update under DDP, all-reduced row shards under FSDP), so the
+        state is identical everywhere, as the checkpoint (rank 0's) assumes."""
+        sq = update.float().square().sum(dim=0)
+        if sharded:
+            dist.all_reduce(sq)  # each rank holds some rows of every column
+        state = self.state[p]
+        if "normuon_v" not in state:
+            state["normuon_v"] = torch.zeros_like(sq)
+        v = state["normuon_v"]
+        v.lerp_(sq / p.size(0), 1 - beta2)
+        scale = v.clamp_min(1e-20).rsqrt()
+        scale = scale * (sq.sum() / (sq * scale.square()).sum().clamp_min(1e-30)).sqrt()  # keep ||update||_F
+        return update * scale.to(update.dtype)
 
     def _orthogonalise(self, matrices, directions: dict) -> dict:
         """{position: update} for the whole-matrix `directions` {position: direction} this rank owns, those of one
@@ -131,10 +189,12 @@ class Muon(torch.optim.Optimizer):
         by_kind = {}
         for position, g in directions.items():
             group = matrices[position][1]
-            by_kind.setdefault((tuple(g.shape), group["split"], group["ns_steps"]), []).append(position)
+            kind = (tuple(g.shape), group["split"], group["ns_steps"], group.get("ns_coefficients", "quintic"))
+            by_kind.setdefault(kind, []).append(position)
         updates = {}
-        for (_, split, steps), positions in by_kind.items():
-            batch = orthogonalised_updates(torch.stack([directions[i] for i in positions]), steps, split, self.ns_dtype)
+        for (_, split, steps, coefficients), positions in by_kind.items():
+            batch = orthogonalised_updates(torch.stack([directions[i] for i in positions]), steps, split, self.ns_dtype,
+                                           coefficients)
             updates.update(zip(positions, batch))
         return updates
 

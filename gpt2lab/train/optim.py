@@ -44,7 +44,9 @@ def make_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.de
     muon_names = set(muon_parameter_names(model))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon_settings = dict(lr=optim.muon_lr, momentum=optim.muon_momentum, nesterov=optim.muon_nesterov,
-                         ns_steps=optim.muon_ns_steps, weight_decay=optim.muon_weight_decay)
+                         ns_steps=optim.muon_ns_steps, weight_decay=optim.muon_weight_decay,
+                         ns_coefficients=optim.muon_ns_coefficients, cautious_wd=optim.cautious_wd,
+                         normuon_beta2=optim.muon_normuon_beta2 if optim.muon_normuon else 0.0)
     fused = [p for n, p in named if n in muon_names and n.endswith("attn.c_attn.weight")]
     other = [p for n, p in named if n in muon_names and not n.endswith("attn.c_attn.weight")]
     groups = [{"params": other, "split": 1}, {"params": fused, "split": 3 if optim.muon_split_qkv else 1}]

@@ -37,8 +37,21 @@ def group_peak_lr(group: dict, optim: OptimSection) -> float:
     return optim.muon_lr if Muon.owns(group) else optim.lr
 
 
+def muon_momentum_at(step: int, optim: OptimSection) -> float:
+    """Muon's momentum for step `step`: a linear ramp from muon_momentum_start over the first
+    muon_momentum_warmup_steps (as modded-nanogpt's 0.85 -> 0.95), since early gradients change fast and a long
+    memory of them only slows the first steps; then muon_momentum. A function of the step alone, so resume is exact."""
+    warmup = optim.muon_momentum_warmup_steps
+    if step >= warmup:
+        return optim.muon_momentum
+    start = optim.muon_momentum_start
+    return start + (optim.muon_momentum - start) * step / warmup
+
+
 def set_lr(optimizer, step: int, optim: OptimSection, schedule: ScheduleSection) -> float:
-    """Set every param group's LR for step `step`; returns AdamW's (the one logged as `lr`)."""
+    """Set every param group's LR (and Muon's momentum) for step `step`; returns AdamW's (the one logged as `lr`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, optim, schedule, peak=group_peak_lr(group, optim))
+        if Muon.owns(group):
+            group["momentum"] = muon_momentum_at(step, optim)
     return lr_at(step, optim, schedule)

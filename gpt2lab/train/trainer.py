@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from gpt2lab.errors import BadValue, GPT2LabError
+from gpt2lab.eval.loss import fixed_batches_loss
 from gpt2lab.model.gpt import GPT, load_model
 from gpt2lab.runtime import distributed, memory
-from gpt2lab.runtime.device import (autocast, autocast_dtype, keep_freed_memory, resolve_device,
+from gpt2lab.runtime.device import (autocast_dtype, keep_freed_memory, resolve_device,
                                     return_freed_memory)
 from gpt2lab.runtime.hardware import peak_flops
 from gpt2lab.runtime.perf import flops_per_token
@@ -387,20 +388,11 @@ class Trainer:
 
     # --- evaluation, samples, checkpoints ---------------------------------------------------------------
 
-    @torch.no_grad()
     def validation_loss(self) -> float:
-        model = self.raw_model  # never the compiled/DDP wrapper: evaluation must not trigger gradient sync
-        model.eval()
         self.val_loader.reset()  # the same fixed batches every time: comparable numbers across evaluations
-        total = torch.zeros((), device=self.device)
-        n = self.config.eval.val_batches
-        for _ in range(n):
-            x, y = self.val_loader.next_batch()
-            with autocast(self.device, self.amp_dtype):
-                _, loss = model(x.to(self.device), y.to(self.device))
-            total += loss.float()
-        model.train()
-        return float(distributed.all_reduce_mean(total / n))
+        batches = [self.val_loader.next_batch() for _ in range(self.config.eval.val_batches)]
+        # the raw model, never the compiled/DDP wrapper: evaluation must not trigger gradient sync
+        return fixed_batches_loss(self.raw_model, batches, self.device, self.amp_dtype)
 
     def _hellaswag(self) -> None:
         from gpt2lab.eval.hellaswag import evaluate

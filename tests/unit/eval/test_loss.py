@@ -154,3 +154,42 @@ def test_a_batch_too_large_for_memory_is_refused_in_one_line(tmp_path, tiny_mode
     assert err.count("\n") == 1 and "Traceback" not in err
     assert re.match(r"gpt2lab eval: error: --batch-size 8 would need ~\d+ MiB for one forward pass", err)
     assert err.rstrip().endswith("more than the 50 MiB available; lower it")
+
+
+def test_fixed_batches_loss_is_the_token_mean_and_leaves_the_model_trainable():
+    """The trainer's val loss (fixed_batches_loss, through summed_loss: inference mode) equals the mean of the
+    model's own batch losses, restores train mode, and a training step after it still works."""
+    model = tiny_gpt()
+    g = torch.Generator().manual_seed(0)
+    batches = [(x[:, :-1], x[:, 1:]) for x in (torch.randint(0, 256, (2, 17), generator=g) for _ in range(3))]
+    model.train()
+    with torch.no_grad():
+        model.eval()
+        expected = sum(model(x, y)[1].item() for x, y in batches) / 3
+        model.train()
+    assert loss.fixed_batches_loss(model, batches, torch.device("cpu"), None) == pytest.approx(expected, rel=1e-6)
+    assert model.training
+    _, train_loss = model(*batches[0])
+    train_loss.backward()  # no inference tensor got into the parameters or the graph
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_fixed_batches_loss_of_an_fsdp_sharded_model_equals_the_whole_model_and_training_goes_on():
+    """A sharded model is evaluated under no_grad, not inference mode: its all-gathered buffers are reused by the
+    training steps after it (an inference tensor there would make the next step fail)."""
+    from gpt2lab.train.config import OptimSection
+    from gpt2lab.train.optim import make_optimizer
+    from gpt2lab.train.step import TrainStep, repeat
+    from tests.train_utils import one_process_group, tiny_sharded
+
+    cpu = torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    batches = [(x[:, :-1], x[:, 1:]) for x in (torch.randint(0, 128, (2, 17), generator=g) for _ in range(2))]
+    with one_process_group():
+        sharded, whole = tiny_sharded()
+        assert loss.fixed_batches_loss(sharded.raw, batches, cpu, None) == pytest.approx(
+            loss.fixed_batches_loss(whole, batches, cpu, None), rel=1e-6)
+        step = TrainStep(sharded, make_optimizer(sharded.raw, OptimSection(), cpu), device="cpu")
+        step(0, repeat(batches[0]))
+        step(1, repeat(batches[1]))
+        assert math.isfinite(loss.fixed_batches_loss(sharded.raw, batches, cpu, None))

@@ -47,3 +47,26 @@ def test_every_optimizer_key_is_checked_against_its_range(optim_name):
     good = resolve_config(overrides=[("optim.name", optim_name), ("optim.beta1", "0"), ("optim.beta2", "0.999"),
                                      ("optim.weight_decay", "0"), ("optim.grad_clip", "0"), ("optim.min_lr", "0")])
     assert (good.optim.beta1, good.optim.weight_decay) == (0.0, 0.0)
+
+
+def test_bad_speedrun_muon_settings_are_refused_by_name():
+    def refused(overrides, needle):
+        with pytest.raises(ConfigError, match=needle):
+            resolve_config(overrides=[("optim.name", "muon"), *overrides])
+
+    refused([("optim.muon_ns_coefficients", "cubic")], "optim.muon_ns_coefficients must be quintic or polar_express")
+    refused([("optim.muon_ns_coefficients", "polar_express"), ("optim.muon_ns_steps", "6")],
+            "optim.muon_ns_steps must be at most 5 with polar_express")
+    for beta2 in ("1", "-0.1"):
+        refused([("optim.muon_normuon", "true"), ("optim.muon_normuon_beta2", beta2)],
+                r"optim.muon_normuon_beta2 must be in \[0, 1\)")
+    refused([("optim.muon_momentum_start", "1.0")], r"optim.muon_momentum_start must be in \[0, 1\)")
+    refused([("optim.muon_momentum_warmup_steps", "-1")], "optim.muon_momentum_warmup_steps must be in")
+    refused([("schedule.max_steps", "100"), ("optim.muon_momentum_warmup_steps", "101")],
+            "optim.muon_momentum_warmup_steps must be in .0, schedule.max_steps = 100.")
+    refused([("optim.cautious_wd", "true")], "optim.cautious_wd .* optim.muon_weight_decay is 0")
+    with pytest.raises(ConfigError, match="optim.cautious_wd is a Muon setting"):
+        resolve_config(overrides=[("optim.cautious_wd", "true")])
+    ok = resolve_config(overrides=[("optim.name", "muon"), ("optim.muon_ns_coefficients", "polar_express"),
+                                   ("optim.cautious_wd", "true"), ("optim.muon_weight_decay", "0.1")])
+    assert ok.optim.muon_ns_coefficients == "polar_express" and ok.optim.cautious_wd

@@ -134,9 +134,15 @@ class Crash(Exception):
     """Stands in for a kill -9 between two steps."""
 
 
-def test_muon_run_resumes_bit_identically(tmp_path, monkeypatch):
+SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon=True, optim__cautious_wd=True,
+                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=6)
+
+
+@pytest.mark.parametrize("options", [{}, SPEEDRUN], ids=["plain", "speedrun-options"])
+def test_muon_run_resumes_bit_identically(tmp_path, monkeypatch, options):
     data = write_dataset(tmp_path / "data")
-    config = tiny_config(data, optim__name="muon", schedule__name="wsd", schedule__max_steps=8, checkpoint__every=4)
+    config = tiny_config(data, optim__name="muon", schedule__name="wsd", schedule__max_steps=8, checkpoint__every=4,
+                         **options)
     train(config, tmp_path / "straight", log=quiet)
     real = TrainStep.forward_backward
     count = []
@@ -154,6 +160,7 @@ def test_muon_run_resumes_bit_identically(tmp_path, monkeypatch):
     assert [step for step, _ in RunDirectory(tmp_path / "killed").checkpoints()] == [4]
     state = torch.load(tmp_path / "killed/checkpoints/step_00000004/training_state.pt", weights_only=True)
     assert len(state["optimizer"]["muon"]["state"]) == 8  # the momentum buffers are saved
+    assert all(("normuon_v" in s) == bool(options) for s in state["optimizer"]["muon"]["state"].values())
     train(config, tmp_path / "killed", resume=True, log=quiet)
     assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
     a, b = load_model(tmp_path / "straight").state_dict(), load_model(tmp_path / "killed").state_dict()
@@ -202,16 +209,19 @@ def test_a_muon_trained_checkpoint_is_plain_gpt2_for_transformers(tmp_path):
         assert (hf.eval()(idx).logits - ours(idx)[0]).abs().max() < 1e-4
 
 
-def test_the_sharded_path_gathers_orthogonalises_and_scatters_the_same_updates():
+@pytest.mark.parametrize("normuon", [False, True])
+def test_the_sharded_path_gathers_orthogonalises_and_scatters_the_same_updates(normuon):
     """FSDP's Muon (the owner gathers a matrix's row shards, orthogonalises it whole, scatters the update's rows
-    back), here over one process: the same step as the whole model's, for matrices of several shapes."""
+    back), here over one process: the same step as the whole model's, for matrices of several shapes; with NorMuon
+    and cautious decay too (whose column sums are all-reduced over the row shards)."""
     from gpt2lab.train.config import OptimSection
     from gpt2lab.train.optim import make_optimizer
     from gpt2lab.train.parallel import ParallelModel
     from gpt2lab.train.step import TrainStep, repeat
     from tests.train_utils import one_process_group, tiny_sharded
 
-    settings = OptimSection(name="muon", muon_ns_dtype="fp32", grad_clip=0.0)
+    settings = OptimSection(name="muon", muon_ns_dtype="fp32", grad_clip=0.0, muon_normuon=normuon,
+                            cautious_wd=normuon, muon_weight_decay=0.5 if normuon else 0.0)
     with one_process_group():
         sharded, whole = tiny_sharded(n_embd=48, n_head=3)
         steps = [TrainStep(model, make_optimizer(model.raw, settings, torch.device("cpu")), device="cpu")
@@ -265,3 +275,69 @@ def test_newton_schulz_runs_exactly_five_quintic_passes_by_default_and_in_the_op
     lr = next(group["lr"] for group in optimizer.param_groups if any(p is weight for p in group["params"]))
     optimizer.step()
     assert torch.allclose(spectrum((before - weight.detach()) / lr), expected.sort(descending=True).values, atol=2e-3)
+
+
+# --- the speed-run era's refinements (issue 25) ---------------------------------------------------------------------
+
+
+def test_polar_express_lands_the_singular_values_closer_to_one_than_the_fixed_quintic():
+    g, _ = with_spectrum(64, 32)
+    spread = {}
+    for name in ("quintic", "polar_express"):
+        s = torch.linalg.svdvals(newton_schulz(g, 5, dtype=torch.float32, coefficients=name))
+        spread[name] = float((s - 1).abs().max())
+    # the quintic deliberately leaves a band around 1 (~0.7-1.2); Polar Express's per-iteration coefficients close in
+    assert spread["polar_express"] < 0.5 * spread["quintic"], spread
+    assert muon_module.ns_schedule("polar_express", 3) == muon_module.POLAR_EXPRESS[:3]
+    with pytest.raises(ValueError):
+        muon_module.ns_schedule("polar_express", 6)  # its table has 5 iterations
+    with pytest.raises(ValueError):
+        Muon([torch.nn.Parameter(torch.randn(4, 4))], ns_coefficients="cubic")
+
+
+def test_normuon_gives_every_output_neuron_the_same_size_at_the_orthogonal_updates_norm():
+    torch.manual_seed(0)
+    g = torch.randn(16, 24) * torch.linspace(0.1, 3, 24)  # output neurons (columns) of very different sizes
+    plain = orthogonalised_update(g, 5, 1, torch.float32)
+    p = torch.nn.Parameter(torch.zeros(16, 24))
+    optimizer = Muon([p], lr=1.0, momentum=0.0, ns_dtype=torch.float32, normuon_beta2=0.95)
+    p.grad = g.clone()
+    optimizer.step()
+    update = -p.detach()
+    columns = update.norm(dim=0)
+    # the first step's EMA is (1 - beta2) * each column's mean square: dividing by it equalises the columns exactly
+    torch.testing.assert_close(columns, columns.mean().expand(24))
+    assert not torch.allclose(plain.norm(dim=0), plain.norm(dim=0).mean().expand(24), rtol=0.05)
+    torch.testing.assert_close(update.norm(), plain.norm())
+    torch.testing.assert_close(optimizer.state[p]["normuon_v"], 0.05 * plain.square().mean(dim=0))
+
+
+def test_cautious_weight_decay_only_decays_where_the_update_and_the_weight_agree_in_sign():
+    torch.manual_seed(0)
+    w0, g = torch.randn(8, 24), torch.randn(8, 24)
+    results = {}
+    for cautious in (False, True):
+        p = torch.nn.Parameter(w0.clone())
+        optimizer = Muon([p], lr=0.1, momentum=0.0, weight_decay=0.5, cautious_wd=cautious, ns_dtype=torch.float32)
+        p.grad = g.clone()
+        optimizer.step()
+        results[cautious] = p.detach()
+    u = orthogonalised_update(g, 5, 1, torch.float32)
+    agree = (u * w0 > 0).float()
+    assert 0 < agree.mean() < 1
+    torch.testing.assert_close(results[True], w0 - 0.1 * u - 0.1 * 0.5 * w0 * agree)
+    torch.testing.assert_close(results[False], w0 * (1 - 0.05) - 0.1 * u)
+
+
+def test_muon_momentum_warms_up_from_its_start_value_with_the_step():
+    from gpt2lab.train.schedule import muon_momentum_at
+
+    optim = OptimSection(name="muon", muon_momentum=0.95, muon_momentum_start=0.85, muon_momentum_warmup_steps=10)
+    assert [round(muon_momentum_at(s, optim), 6) for s in (0, 5, 10, 50)] == [0.85, 0.9, 0.95, 0.95]
+    assert muon_momentum_at(0, OptimSection(name="muon")) == 0.95  # off by default
+    model = GPT(GPTConfig(**TINY_GPT))
+    optimizer = make_optimizer(model, optim, CPU)
+    set_lr(optimizer, 5, optim, ScheduleSection())
+    momenta = {round(g["momentum"], 6) for g in optimizer.param_groups if Muon.owns(g)}
+    assert momenta == {0.9}
+    assert all("momentum" not in g for g in optimizer.param_groups if not Muon.owns(g))
