@@ -27,6 +27,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gpt2lab.sampling.decode import SamplingError, check_sampling_settings, sample_seed
 from gpt2lab.serve import protocol
@@ -173,10 +174,13 @@ async def _read_json(request: Request, max_bytes: int):
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > max_bytes:
-            raise _too_large(len(body), max_bytes)
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > max_bytes:
+                raise _too_large(len(body), max_bytes)
+    except ClientDisconnect:  # gone before the whole body came: nobody reads the answer; no traceback in the log
+        raise APIError(400, "the client closed the connection before sending the whole body") from None
     try:
         value = json.loads(body)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors

@@ -165,6 +165,25 @@ def test_hostile_bodies_are_a_400_and_no_traceback_reaches_the_log(live, capfd, 
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_client_that_leaves_before_its_whole_body_is_a_400_not_a_logged_500():
+    """Content-Length promised 100 bytes, then the connection closed: a client's doing, not a server bug (the
+    500 handler would print a traceback)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def read():
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [(b"content-length", b"100")]}
+        await api._read_json(Request(scope, receive), 1000)
+
+    with pytest.raises(APIError) as error:
+        asyncio.run(read())
+    assert error.value.status == 400 and "closed the connection" in error.value.message
+
+
 def test_a_client_s_mistakes_leave_no_traceback_in_the_log(live, capfd):
     for body in ({"model": "a", "prompt": "Hi", "temperature": 1e-300}, {"model": "a", "prompt": "Hi", "top_k": 0},
                  {"model": "zzz", "prompt": "Hi"}, {"model": "a", "prompt": [99999]}, [1, 2]):
