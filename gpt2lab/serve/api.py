@@ -104,6 +104,7 @@ def create_app(models: list[ServedModel], scheduler: Scheduler, tokenizer, limit
         body = await _read_json(request, limits.max_body_bytes)
         req = protocol.parse_completion_request(body)
         served = _find(by_id, req.model)
+        _check_completions(len(_prompt_list(req.prompt)), req, limits)  # before tokenizing 100,000 prompts
         prompts = _tokenize_prompts(req.prompt, tokenizer)
         settings = _settings(req, prompts, served, limits)
         if in_flight.value >= limits.max_concurrent_requests:
@@ -215,11 +216,15 @@ def _too_large(size: int, max_bytes: int) -> APIError:
                     f"--max-body-bytes)", code="request_too_large")
 
 
+def _prompt_list(prompt) -> list:
+    """The request's prompt as a list of prompts (a string, or a list of token ids, is one prompt)."""
+    return [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
+
+
 def _tokenize_prompts(prompt, tokenizer) -> list[list[int]]:
     """Token ids of each prompt. An empty string samples unconditionally (from <|endoftext|>), as in
     `gpt2lab sample`; token ids must be ones the tokenizer knows."""
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        prompt = [prompt]
+    prompt = _prompt_list(prompt)
     if not prompt:
         raise APIError(400, "prompt is an empty list; give at least one prompt", param="prompt")
     prompts = []
@@ -238,12 +243,16 @@ def _tokenize_prompts(prompt, tokenizer) -> list[list[int]]:
     return prompts
 
 
+def _check_completions(prompt_count: int, req: CompletionRequest, limits: Limits) -> None:
+    completions = prompt_count * req.choices_per_prompt()
+    if completions > limits.max_n:
+        raise APIError(400, f"this request asks for {completions} completions ({prompt_count} prompts x n="
+                       f"{req.choices_per_prompt()}); at most {limits.max_n} per request (--max-n)", param="n")
+
+
 def _settings(req: CompletionRequest, prompts: list[list[int]], served: ServedModel, limits: Limits) -> Settings:
     """The request's sampling settings, once its sizes are within the limits and the model's context."""
-    completions = len(prompts) * req.choices_per_prompt()
-    if completions > limits.max_n:
-        raise APIError(400, f"this request asks for {completions} completions ({len(prompts)} prompts x n="
-                       f"{req.choices_per_prompt()}); at most {limits.max_n} per request (--max-n)", param="n")
+    _check_completions(len(prompts), req, limits)
     # Left out: OpenAI's default, unless this server allows fewer (a request that sets nothing is not refused)
     max_tokens = min(protocol.DEFAULT_MAX_TOKENS, limits.max_tokens) if req.max_tokens is None else req.max_tokens
     if max_tokens > limits.max_tokens:
@@ -346,8 +355,7 @@ class Generation:
 
     @staticmethod
     def _echo(prompt, index: int, tokenizer) -> str:
-        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
-        given = prompts[index]
+        given = _prompt_list(prompt)[index]
         return given if isinstance(given, str) else tokenizer.decode(given)
 
 

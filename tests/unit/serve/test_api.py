@@ -165,6 +165,13 @@ def test_hostile_bodies_are_a_400_and_no_traceback_reaches_the_log(live, capfd, 
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_too_many_prompts_are_refused_before_any_is_tokenized(live, monkeypatch):
+    """100,000 prompts in a 1 MiB body: the count is refused first (tokenizing them would hold the event loop)."""
+    monkeypatch.setattr(live.tokenizer, "encode", lambda text: pytest.fail("a prompt was tokenized"))
+    status, answer = live.post("/v1/completions", {"model": "a", "prompt": ["Hi"] * 100_000})
+    assert status == 400 and "asks for 100000 completions (100000 prompts x n=1)" in answer["error"]["message"]
+
+
 def test_a_client_that_leaves_before_its_whole_body_is_a_400_not_a_logged_500():
     """Content-Length promised 100 bytes, then the connection closed: a client's doing, not a server bug (the
     500 handler would print a traceback)."""
