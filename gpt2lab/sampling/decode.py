@@ -247,6 +247,9 @@ def check_generate_args(model, idx, max_new_tokens, *, temperature, top_k, top_p
 # The smallest positive temperature: float32's smallest normal number. Below it the scaled logits are not
 # representable (1e-300 is 0 in float32); any temperature above it works (see sample_next).
 MIN_TEMPERATURE = float(torch.finfo(torch.float32).tiny)
+# The largest: float32's largest number. Above it the temperature is infinity in float32, and an excluded id's
+# logit (-inf, a padded vocabulary's) over it is NaN. (Anything far above 100 samples uniformly anyway.)
+MAX_TEMPERATURE = float(torch.finfo(torch.float32).max)
 
 
 def check_sampling_settings(max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None) -> None:
@@ -257,6 +260,9 @@ def check_sampling_settings(max_new_tokens, temperature=1.0, top_k=None, top_p=N
         raise SamplingError("temperature", f"must be a number >= 0 (0 = greedy), got {temperature!r}")
     if 0 < temperature < MIN_TEMPERATURE:
         raise SamplingError("temperature", f"must be 0 (greedy) or at least {MIN_TEMPERATURE:.3g}, got {temperature!r}")
+    if temperature > MAX_TEMPERATURE:
+        raise SamplingError("temperature", f"must be at most {MAX_TEMPERATURE:.3g} (float32's largest number), "
+                                           f"got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k <= 0):
         raise SamplingError("top_k", f"must be a positive integer (or None for no top-k), got {top_k!r}")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):

@@ -27,6 +27,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gpt2lab.sampling.decode import SamplingError, check_sampling_settings, sample_seed
 from gpt2lab.serve import protocol
@@ -103,6 +104,7 @@ def create_app(models: list[ServedModel], scheduler: Scheduler, tokenizer, limit
         body = await _read_json(request, limits.max_body_bytes)
         req = protocol.parse_completion_request(body)
         served = _find(by_id, req.model)
+        _check_completions(len(_prompt_list(req.prompt)), req, limits)  # before tokenizing 100,000 prompts
         prompts = _tokenize_prompts(req.prompt, tokenizer)
         settings = _settings(req, prompts, served, limits)
         if in_flight.value >= limits.max_concurrent_requests:
@@ -173,10 +175,13 @@ async def _read_json(request: Request, max_bytes: int):
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > max_bytes:
-            raise _too_large(len(body), max_bytes)
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > max_bytes:
+                raise _too_large(len(body), max_bytes)
+    except ClientDisconnect:  # gone before the whole body came: nobody reads the answer; no traceback in the log
+        raise APIError(400, "the client closed the connection before sending the whole body") from None
     try:
         value = json.loads(body)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
@@ -211,11 +216,15 @@ def _too_large(size: int, max_bytes: int) -> APIError:
                     f"--max-body-bytes)", code="request_too_large")
 
 
+def _prompt_list(prompt) -> list:
+    """The request's prompt as a list of prompts (a string, or a list of token ids, is one prompt)."""
+    return [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
+
+
 def _tokenize_prompts(prompt, tokenizer) -> list[list[int]]:
     """Token ids of each prompt. An empty string samples unconditionally (from <|endoftext|>), as in
     `gpt2lab sample`; token ids must be ones the tokenizer knows."""
-    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-        prompt = [prompt]
+    prompt = _prompt_list(prompt)
     if not prompt:
         raise APIError(400, "prompt is an empty list; give at least one prompt", param="prompt")
     prompts = []
@@ -234,12 +243,16 @@ def _tokenize_prompts(prompt, tokenizer) -> list[list[int]]:
     return prompts
 
 
+def _check_completions(prompt_count: int, req: CompletionRequest, limits: Limits) -> None:
+    completions = prompt_count * req.choices_per_prompt()
+    if completions > limits.max_n:
+        raise APIError(400, f"this request asks for {completions} completions ({prompt_count} prompts x n="
+                       f"{req.choices_per_prompt()}); at most {limits.max_n} per request (--max-n)", param="n")
+
+
 def _settings(req: CompletionRequest, prompts: list[list[int]], served: ServedModel, limits: Limits) -> Settings:
     """The request's sampling settings, once its sizes are within the limits and the model's context."""
-    completions = len(prompts) * req.choices_per_prompt()
-    if completions > limits.max_n:
-        raise APIError(400, f"this request asks for {completions} completions ({len(prompts)} prompts x n="
-                       f"{req.choices_per_prompt()}); at most {limits.max_n} per request (--max-n)", param="n")
+    _check_completions(len(prompts), req, limits)
     # Left out: OpenAI's default, unless this server allows fewer (a request that sets nothing is not refused)
     max_tokens = min(protocol.DEFAULT_MAX_TOKENS, limits.max_tokens) if req.max_tokens is None else req.max_tokens
     if max_tokens > limits.max_tokens:
@@ -342,8 +355,7 @@ class Generation:
 
     @staticmethod
     def _echo(prompt, index: int, tokenizer) -> str:
-        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
-        given = prompts[index]
+        given = _prompt_list(prompt)[index]
         return given if isinstance(given, str) else tokenizer.decode(given)
 
 

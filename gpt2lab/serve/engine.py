@@ -56,7 +56,7 @@ class Settings:
 class Event:
     """What a sequence produced in one step: text to show (maybe empty: bytes or a possible stop string held
     back), and, on its last event, why it ended: "stop" (<|endoftext|> or a stop string), "length"
-    (max_tokens), "error" (the model failed: `text` says how)."""
+    (max_tokens), "error" (the model, or this sequence's sampling, failed: `text` says how)."""
 
     text: str
     finish_reason: str | None = None

@@ -306,6 +306,8 @@ def test_a_plain_request_whose_client_leaves_frees_its_row(model_dirs):
 
 
 def test_a_failing_model_is_a_500_without_traceback_and_the_server_keeps_serving(model_dirs):
+    """The second request is sent as soon as the first's error arrives, maybe while the engine is still reporting
+    it: Engine.fail leaves waiting requests alone, so none is dropped (that order, forced: test_engine.py)."""
     with LiveServer([f"a={model_dirs['a']}"]) as live:
         engine = live.engines["a"]
         real_decode = engine._decode

@@ -129,6 +129,15 @@ def test_top_k_1_equals_greedy():
     assert torch.equal(model.generate(idx, 30, temperature=1.5, top_k=1, seed=11), greedy)
 
 
+def test_the_largest_temperature_allowed_samples_with_a_padded_vocabulary():
+    """At float32's largest number the excluded ids (-inf logits) stay excluded: no NaN, nothing refused."""
+    from gpt2lab.sampling.decode import MAX_TEMPERATURE
+
+    logits = torch.tensor([[1.0, 2.0, float("-inf")]]).expand(200, 3)
+    drawn = sample_next(logits, MAX_TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0, 1}
+
+
 def test_temperature_towards_zero_equals_greedy():
     model = tiny_gpt(seed=2)
     idx = torch.randint(0, ODD["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(2))
@@ -278,6 +287,7 @@ def test_bfloat16_decoding_follows_the_float32_model():
         (dict(max_new_tokens=-3), "max_new_tokens"),
         (dict(temperature=-0.5), "temperature"),
         (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=1e39), r"temperature must be at most 3.4e\+38"),  # inf in float32: -inf / inf is NaN
         (dict(top_k=0), "top_k"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),

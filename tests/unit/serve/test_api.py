@@ -111,7 +111,7 @@ def test_a_temperature_too_small_to_divide_by_is_a_400_before_it_joins_the_batch
     assert live.wait_until_idle()["sequences_running"] == 0
 
 
-@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])  # Python's json reads all four
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"1e39"])  # 1e39: inf in float32
 def test_a_non_finite_temperature_is_a_400(live, raw):
     status, answer = live.post("/v1/completions", b'{"model": "a", "prompt": "Hi", "temperature": %s}' % raw)
     assert status == 400 and answer["error"]["param"] == "temperature", answer
@@ -165,6 +165,32 @@ def test_hostile_bodies_are_a_400_and_no_traceback_reaches_the_log(live, capfd, 
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_too_many_prompts_are_refused_before_any_is_tokenized(live, monkeypatch):
+    """100,000 prompts in a 1 MiB body: the count is refused first (tokenizing them would hold the event loop)."""
+    monkeypatch.setattr(live.tokenizer, "encode", lambda text: pytest.fail("a prompt was tokenized"))
+    status, answer = live.post("/v1/completions", {"model": "a", "prompt": ["Hi"] * 100_000})
+    assert status == 400 and "asks for 100000 completions (100000 prompts x n=1)" in answer["error"]["message"]
+
+
+def test_a_client_that_leaves_before_its_whole_body_is_a_400_not_a_logged_500():
+    """Content-Length promised 100 bytes, then the connection closed: a client's doing, not a server bug (the
+    500 handler would print a traceback)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def read():
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [(b"content-length", b"100")]}
+        await api._read_json(Request(scope, receive), 1000)
+
+    with pytest.raises(APIError) as error:
+        asyncio.run(read())
+    assert error.value.status == 400 and "closed the connection" in error.value.message
+
+
 def test_a_client_s_mistakes_leave_no_traceback_in_the_log(live, capfd):
     for body in ({"model": "a", "prompt": "Hi", "temperature": 1e-300}, {"model": "a", "prompt": "Hi", "top_k": 0},
                  {"model": "zzz", "prompt": "Hi"}, {"model": "a", "prompt": [99999]}, [1, 2]):
@@ -172,3 +198,56 @@ def test_a_client_s_mistakes_leave_no_traceback_in_the_log(live, capfd):
     assert live.post("/v1/completions", b"{oops")[0] == 400
     err = capfd.readouterr().err
     assert "Traceback" not in err and "sampling failed" not in err
+
+
+def test_a_request_whose_row_fails_gets_a_500_and_a_stream_sharing_its_steps_is_untouched(tmp_path):
+    """The issue's case over HTTP: a half-done stream and another client's request decoded in the same steps; the
+    other's row turns NaN (forced here: the API refuses the values that did it). It alone fails; the stream ends as
+    it would have alone, text for text."""
+    import http.client
+    import json
+    import threading
+
+    from tests.conftest import tiny_gpt
+    from tests.serve_utils import LiveServer, StepGate
+
+    tiny_gpt(vocab_size=50257, block_size=128).save_pretrained(tmp_path / "a")
+    stream_body = {"model": "a", "prompt": "Once upon a time", "max_tokens": 30, "seed": 1, "stream": True}
+    with LiveServer([f"a={tmp_path / 'a'}"]) as live:
+        engine = live.engines["a"]
+        real_logits = engine._logits
+
+        def nan_for_the_victim(hidden):
+            logits = real_logits(hidden)
+            for row, seq in enumerate(engine.running[len(engine.running) - logits.size(0):]):
+                if seq.prompt == [7, 7, 7]:
+                    logits[row] = float("nan")
+            return logits
+
+        engine._logits = nan_for_the_victim
+        gate = StepGate(engine)
+        host, port = live.url.removeprefix("http://").split(":")
+        stream = http.client.HTTPConnection(host, int(port), timeout=60)
+        stream.request("POST", "/v1/completions", body=json.dumps(stream_body),
+                       headers={"Content-Type": "application/json"})
+        response = stream.getresponse()
+        gate.allow(1)  # the stream's prefill: it is generating
+        first = response.read1(65536)
+        victim = {}
+        thread = threading.Thread(target=lambda: victim.update(answer=live.post(
+            "/v1/completions", {"model": "a", "prompt": [7, 7, 7], "max_tokens": 20})))
+        thread.start()
+        live._wait_for(lambda health: health["sequences_waiting"] == 1, timeout=30)  # it joins at the next step
+        gate.open()
+        streamed = (first + response.read()).decode()
+        stream.close()
+        thread.join(timeout=60)
+        events = [json.loads(line[6:]) for line in streamed.split("\n\n") if line.startswith("data: {")]
+        assert not any("error" in e for e in events) and events[-1]["choices"][0]["finish_reason"] == "length"
+        status, answer = victim["answer"]
+        assert status == 500 and answer["error"]["type"] == "server_error"
+        assert answer["error"]["message"].startswith("sampling failed for this completion: its logits are not finite")
+        text = "".join(e["choices"][0]["text"] for e in events)
+        _, alone = live.post("/v1/completions", {**stream_body, "stream": False})
+        assert text == alone["choices"][0]["text"]
+        live.wait_until_idle()
