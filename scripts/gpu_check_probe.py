@@ -25,14 +25,20 @@ def env() -> dict:
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "gpt2lab": gpt2lab.__file__, "cuda": torch.cuda.is_available(),
-            "importable": {name: importlib.util.find_spec(name) is not None
-                           for name in ("datasets", "fastapi", "uvicorn", "transformers", "triton")}}
+            "importable": {name: _importable(name) for name in ("datasets", "fastapi", "uvicorn", "transformers", "triton")}}
     if info["cuda"]:
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
                     bf16=torch.cuda.is_bf16_supported(), tf32=props.major >= 8, driver=_driver())
     return info
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a finder that refuses the name outright
+        return False
 
 
 def _driver() -> str | None:
