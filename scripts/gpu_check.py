@@ -75,7 +75,8 @@ def bundle(directory: Path) -> dict:
 def fetch_ranks(destination: Path, env: dict) -> None:
     """The verified BPE ranks: gpt2lab's cached copy if it has one, else from the package index (the whisper
     sdist), through gpt2lab's own verified fetch."""
-    code = ("import shutil, sys; from pathlib import Path; from gpt2lab.storage.cache import cache_dir, fetch_verified\n"
+    code = ("import shutil, sys; from pathlib import Path\n"
+            "from gpt2lab.storage.cache import cache_dir, fetch_verified\n"
             "dest, cached = Path(sys.argv[1]), cache_dir() / 'gpt2.tiktoken'\n"
             "if cached.is_file() and not dest.exists(): shutil.copyfile(cached, dest)\n"
             f"fetch_verified({WHISPER_SDIST!r}, {BPE_SHA256!r}, dest, member={WHISPER_MEMBER!r})")
@@ -138,6 +139,7 @@ class Stage:
             raise CheckFailed(f"timed out after {min(timeout, left):.0f} s: {' '.join(argv[:6])} ...") from None
         self.log.write(result.stdout + result.stderr + f"\n----- exit {result.returncode}\n")
         self.log.flush()
+        self.last_stderr = result.stderr
         if result.returncode != 0 and not allow_fail:
             tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
             raise CheckFailed(f"exit {result.returncode}: " + " | ".join(tail))

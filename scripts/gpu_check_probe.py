@@ -25,7 +25,8 @@ def env() -> dict:
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "gpt2lab": gpt2lab.__file__, "cuda": torch.cuda.is_available(),
-            "importable": {name: _importable(name) for name in ("datasets", "fastapi", "uvicorn", "transformers", "triton")}}
+            "importable": {name: _importable(name)
+                           for name in ("datasets", "fastapi", "uvicorn", "transformers", "triton")}}
     if info["cuda"]:
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=round(props.total_memory / 2**30, 1),
@@ -95,7 +96,8 @@ def memory_check(preset: str, *assignments: str) -> dict:
            "batch_size_trained": _trained_batch(lines), "peak_bytes": measured,
            "log": [line for line in lines if "batch" in line][:4]}
     if cuda:
-        out.update(max_memory_allocated=torch.cuda.max_memory_allocated(), max_memory_reserved=torch.cuda.max_memory_reserved())
+        out.update(max_memory_allocated=torch.cuda.max_memory_allocated(),
+                   max_memory_reserved=torch.cuda.max_memory_reserved())
     if measured:
         out["planner_error"] = abs(plan.memory.total / measured - 1)
     return out

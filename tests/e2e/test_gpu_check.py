@@ -104,7 +104,7 @@ def test_bundle_then_run_reaches_every_stage_offline_without_the_missing_package
     assert not failed, failed
     assert {k for k, v in statuses.items() if v[0] == "skipped"} == CPU_SKIPS
     assert ran.returncode == 0, ran.stderr[-2000:]
-    assert len(statuses) == 15  # every check reached
+    assert len(statuses) == 16  # every check reached
 
     env_numbers = report["stages"][0]["numbers"]
     assert env_numbers["gpt2lab"] == str(tree / "gpt2lab" / "__init__.py")  # the copy, not an installed gpt2lab
@@ -130,3 +130,37 @@ def test_a_missing_bundle_or_a_wrong_command_is_one_line(tmp_path, args, message
                             cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode != 0 and not (tmp_path / "out").exists()
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_a_failing_or_hanging_check_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
+    """The driver's bookkeeping, with stand-in commands: a non-zero exit and a timeout each fail their own check
+    (error said), the next check still runs, a stage whose budget is spent records the rest as not run, and the
+    report is written with the failures and the targets judged only on a GPU."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_check
+
+    monkeypatch.setitem(gpu_check.BUDGETS, "speed", 3)
+    with open(tmp_path / "logs.txt", "w") as log:
+        stage = gpu_check.Stage("speed", log, dict(os.environ), budget=3)
+        stage.check("exits 3", lambda: stage.sh("exit", [sys.executable, "-c", "import sys; sys.exit(3)"]))
+        stage.check("hangs", lambda: stage.sh("sleep", [sys.executable, "-c", "import time; time.sleep(30)"],
+                                              timeout=0.5))
+        stage.check("passes", lambda: {"tokens_per_s": 1.0} if stage.sh("ok", [sys.executable, "-c", ""])[0] == 0
+                    else None)
+        stage.numbers["compiled_tokens_per_s"] = 600_000.0
+        stage.deadline = 0  # the budget is spent
+        stage.check("too late", lambda: stage.sh("late", [sys.executable, "-c", ""]))
+    checks = {c["name"]: c for c in stage.result()["checks"]}
+    assert checks["exits 3"]["status"] == "fail" and checks["exits 3"]["error"].startswith("exit 3")
+    assert checks["hangs"]["status"] == "fail" and "timed out" in checks["hangs"]["error"]
+    assert checks["passes"]["status"] == "pass" and checks["passes"]["numbers"] == {"tokens_per_s": 1.0}
+    assert checks["too late"]["status"] == "fail" and "budget" in checks["too late"]["error"]
+    assert stage.result()["status"] == "fail"
+
+    report = {"started": "now", "commit": None, "device": "cuda", "seconds": 1.0, "stages": [stage.result()]}
+    report["targets"] = gpu_check.targets(report)
+    gpu_check.write_report(report, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["stages"][0]["status"] == "fail"
+    met = {t["target"].split(" (")[0]: t["met"] for t in report["targets"]}
+    assert met["compiled training tokens/s"] is True and met["compiled MFU vs dense bf16 peak"] is None
+    assert "| speed | fail | exits 3: fail |" in (tmp_path / "report.md").read_text()
