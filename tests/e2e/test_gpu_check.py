@@ -164,3 +164,26 @@ def test_a_failing_or_hanging_check_is_recorded_and_the_next_one_runs(tmp_path, 
     met = {t["target"].split(" (")[0]: t["met"] for t in report["targets"]}
     assert met["compiled training tokens/s"] is True and met["compiled MFU vs dense bf16 peak"] is None
     assert "| speed | fail | exits 3: fail |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_gpu_profiles_commands_are_valid_and_planned_to_fit_an_h100(tmp_path, monkeypatch, capsys):
+    """What only the GPU run executes, checked here: its train flags resolve (no mistyped key) and the planner says
+    each run fits one H100; its bench flags parse."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_check_stages as stages
+    from gpt2lab.cli import build_parser, main
+    from tests.train_utils import write_dataset
+
+    bundle = tmp_path / "bundle"
+    write_dataset(bundle / "shakespeare")
+    gpu = stages.profile_for(True)
+    for preset in (stages.ADAMW, stages.MUON):
+        flags = stages.train_flags(gpu, bundle, preset, gpu.steps)
+        assert main(["train", *map(str, flags), "--dry-run", "--json", "--plan-device", "h100"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["fits"] and plan["batch_size"] == 16 and plan["grad_accum"] == 1 and plan["max_steps"] == 200
+    parser = build_parser()
+    for batch in gpu.bench_batches:
+        args = parser.parse_args(["bench", "train", *gpu.bench, "--batch-size", str(batch), "--compile"])
+        assert (args.model, args.seq_len, args.dtypes, args.compile) == ("gpt2", 1024, ["bfloat16"], True)
+    assert parser.parse_args(["bench", "generate", *gpu.generate]).dtypes == ["bfloat16"]
