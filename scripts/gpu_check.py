@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,8 +133,7 @@ class Stage:
         self.log.flush()
         self.commands.append(" ".join(argv))
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=REPO,
-                                    timeout=min(timeout, left))
+            result = run_in_own_group(argv, self.env, min(timeout, left))
         except subprocess.TimeoutExpired as e:
             self.log.write(_text(e.stdout) + _text(e.stderr) + f"\n----- timed out after {min(timeout, left):.0f} s\n")
             raise CheckFailed(f"timed out after {min(timeout, left):.0f} s: {' '.join(argv[:6])} ...") from None
@@ -175,6 +175,20 @@ class Stage:
         status = "fail" if "fail" in statuses else "pass" if "pass" in statuses else "skipped"
         return {"name": self.name, "status": status, "budget_s": self.budget, "checks": self.checks,
                 "numbers": self.numbers}
+
+
+def run_in_own_group(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run, but a timeout kills the command's whole process group: torchrun's workers and inductor's
+    compile workers too, which would otherwise live on holding GPU memory through the next checks."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 class CheckFailed(Exception):

@@ -7,9 +7,11 @@ all the others pass, and the report parses."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -187,3 +189,30 @@ def test_the_gpu_profiles_commands_are_valid_and_planned_to_fit_an_h100(tmp_path
         args = parser.parse_args(["bench", "train", *gpu.bench, "--batch-size", str(batch), "--compile"])
         assert (args.model, args.seq_len, args.dtypes, args.compile) == ("gpt2", 1024, ["bfloat16"], True)
     assert parser.parse_args(["bench", "generate", *gpu.generate]).dtypes == ["bfloat16"]
+
+
+def test_a_timed_out_check_takes_its_child_processes_with_it(tmp_path, monkeypatch):
+    """A hung torchrun must not keep its worker (and the GPU memory it holds) through the next checks."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_check
+
+    pid_file = tmp_path / "child.pid"
+    # the child lets go of the pipes, as a daemon would: only the process group ties it to the check
+    parent = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; "
+              "time.sleep(60)'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)")
+    with open(tmp_path / "logs.txt", "w") as log:
+        stage = gpu_check.Stage("speed", log, dict(os.environ), budget=30)
+        record = stage.check("hangs", lambda: stage.sh("hang", [sys.executable, "-c", parent], timeout=3))
+    assert record["status"] == "fail" and "timed out" in record["error"]
+    child = int(pid_file.read_text())
+    try:
+        for _ in range(100):  # SIGKILL is delivered at once; the zombie is reaped by init
+            if not os.path.exists(f"/proc/{child}") or "zombie" in open(f"/proc/{child}/status").read():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the timed-out check's child {child} still runs")
+    finally:
+        if os.path.exists(f"/proc/{child}"):
+            os.kill(child, signal.SIGKILL)
