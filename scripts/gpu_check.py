@@ -107,8 +107,12 @@ def write_hellaswag(path: Path, n: int) -> None:
 
 
 def git_commit() -> str | None:
-    result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or None
+    """The tree's commit; where the tree travelled without .git (or git), the one the bundle was made at."""
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+        return result.stdout.strip() or None
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- running checks
@@ -231,7 +235,9 @@ def run(bundle_dir: Path, out: Path) -> dict:
                              f"{bundle_dir}` first (on a machine with internet)")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "commit": git_commit(),
+    bundled = json.loads((bundle_dir / "bundle.json").read_text()) if (bundle_dir / "bundle.json").is_file() else {}
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+              "commit": git_commit() or f"{bundled.get('commit')} (the bundle's)",
               "bundle": str(bundle_dir), "budgets_s": BUDGETS, "stages": []}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, open(out / "logs.txt", "w") as log:
         scratch = Path(tmp)
