@@ -285,7 +285,7 @@ def write_report(report: dict, out: Path) -> None:
             shown = c["error"] if c["error"] else ", ".join(f"{k}={_short(v)}" for k, v in c["numbers"].items())
             head = (stage["name"], stage["status"]) if i == 0 else ("", "")
             lines.append(f"| {head[0]} | {head[1]} | {c['name']}: {c['status']} | {c['seconds']:.0f} | "
-                         f"{shown.replace('|', '/')[:400]} |")
+                         f"{shown.replace('|', '/').replace(chr(10), ' ⏎ ')[:400]} |")  # one table row each
     lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {_short(t['value'])} | {t['goal']} | {t['met']} |" for t in report["targets"]]
     lines += ["", "Commands: report.json (each check's `commands`); output: logs.txt."]
