@@ -224,9 +224,15 @@ def offline_env(bundle_dir: Path, scratch: Path) -> dict:
             "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor"), "PYTHONUNBUFFERED": "1"}
 
 
-def run(bundle_dir: Path, out: Path) -> dict:
-    """All five stages, in order, whatever fails; OUT/report.json, report.md and logs.txt."""
+def run(bundle_dir: Path, out: Path, only: list[str] | None = None) -> dict:
+    """All five stages, in order, whatever fails; OUT/report.json, report.md and logs.txt. `only`: these stages
+    (and the environment, which says what the machine is), for a second try after a fix."""
     from gpu_check_stages import STAGES, profile_for
+
+    unknown = set(only or ()) - {name for name, _ in STAGES}
+    if unknown:
+        raise SystemExit(f"gpu_check run: no stage {', '.join(sorted(unknown))}; the stages are "
+                         f"{', '.join(name for name, _ in STAGES)}")
 
     bundle_dir, out = bundle_dir.resolve(), out.resolve()
     for needed in ("gpt2.tiktoken", "shakespeare/manifest.json", "hellaswag_val.jsonl"):
@@ -244,6 +250,11 @@ def run(bundle_dir: Path, out: Path) -> dict:
         env = offline_env(bundle_dir, scratch)
         profile = None
         for name, stage_fn in STAGES:
+            if only and name not in only and name != "environment":
+                report["stages"].append({"name": name, "status": "skipped", "budget_s": 0, "numbers": {}, "checks": [
+                    {"name": "not selected", "status": "skipped", "numbers": {}, "seconds": 0.0, "commands": [],
+                     "error": f"run with only {', '.join(only)}"}]})
+                continue
             budget = BUDGETS[name] * (1 if profile is None or profile.cuda else CPU_BUDGET_SCALE)
             stage = Stage(name, log, env, budget)
             print(f"gpu_check: stage {name} (budget {budget} s)", flush=True)
@@ -304,12 +315,12 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "bundle":
         bundle(Path(argv[1]).resolve())
         return 0
-    if len(argv) == 3 and argv[0] == "run":
-        report = run(Path(argv[1]), Path(argv[2]))
+    if len(argv) >= 3 and argv[0] == "run":
+        report = run(Path(argv[1]), Path(argv[2]), argv[3:])
         print((Path(argv[2]) / "report.md").read_text())
         failed = [s["name"] for s in report["stages"] if s["status"] == "fail"]
         return 1 if failed else 0
-    print("usage: gpu_check.py bundle DIR | run DIR OUT", file=sys.stderr)
+    print("usage: gpu_check.py bundle DIR | run DIR OUT [STAGE ...]", file=sys.stderr)
     return 2
 
 

@@ -216,3 +216,30 @@ def test_a_timed_out_check_takes_its_child_processes_with_it(tmp_path, monkeypat
     finally:
         if os.path.exists(f"/proc/{child}"):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_second_try_runs_only_the_stages_named_after_the_environment(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_check
+    import gpu_check_stages
+
+    ran = []
+
+    def stage_fn(name):
+        def fn(stage, bundle, scratch, profile):
+            ran.append(name)
+            stage.check("stand-in", lambda: {})
+        return fn
+
+    monkeypatch.setattr(gpu_check_stages, "STAGES", [(n, stage_fn(n)) for n, _ in gpu_check_stages.STAGES])
+    bundle = tmp_path / "bundle"
+    for name in ("gpt2.tiktoken", "shakespeare/manifest.json", "hellaswag_val.jsonl"):
+        (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / name).write_text("")
+    report = gpu_check.run(bundle, tmp_path / "out", ["memory"])
+    assert ran == ["environment", "memory"]
+    assert [(s["name"], s["status"]) for s in report["stages"]] == [
+        ("environment", "pass"), ("cuda_tests", "skipped"), ("speed", "skipped"), ("end_to_end", "skipped"),
+        ("memory", "pass")]
+    with pytest.raises(SystemExit, match="no stage speeed"):
+        gpu_check.run(bundle, tmp_path / "out", ["speeed"])
