@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ HELLASWAG_EXAMPLES = 50
 # Seconds each stage may take on one H100 (the whole: 480 s = 8 minutes, leaving a slot of ~15 minutes time for
 # the machine's start-up and one re-run). A check gets what is left of its stage's budget; one that would start
 # with nothing left is recorded as failed ("stage budget spent"), and the next stage runs on its own budget.
-BUDGETS = {"environment": 20, "cuda_tests": 70, "speed": 100, "end_to_end": 240, "memory": 50}
+BUDGETS = {"environment": 20, "cuda_tests": 55, "speed": 120, "end_to_end": 240, "memory": 45}
 assert sum(BUDGETS.values()) <= 480
 # On a CPU (the shrunk run, a smoke test of this script) the budgets only catch a hang: a busy 2-core machine
 # must not fail it for being slow. The tiny model's stages take about a minute on an idle one.
@@ -75,7 +76,8 @@ def bundle(directory: Path) -> dict:
 def fetch_ranks(destination: Path, env: dict) -> None:
     """The verified BPE ranks: gpt2lab's cached copy if it has one, else from the package index (the whisper
     sdist), through gpt2lab's own verified fetch."""
-    code = ("import shutil, sys; from pathlib import Path; from gpt2lab.storage.cache import cache_dir, fetch_verified\n"
+    code = ("import shutil, sys; from pathlib import Path\n"
+            "from gpt2lab.storage.cache import cache_dir, fetch_verified\n"
             "dest, cached = Path(sys.argv[1]), cache_dir() / 'gpt2.tiktoken'\n"
             "if cached.is_file() and not dest.exists(): shutil.copyfile(cached, dest)\n"
             f"fetch_verified({WHISPER_SDIST!r}, {BPE_SHA256!r}, dest, member={WHISPER_MEMBER!r})")
@@ -105,8 +107,12 @@ def write_hellaswag(path: Path, n: int) -> None:
 
 
 def git_commit() -> str | None:
-    result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or None
+    """The tree's commit; where the tree travelled without .git (or git), the one the bundle was made at."""
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+        return result.stdout.strip() or None
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- running checks
@@ -131,13 +137,13 @@ class Stage:
         self.log.flush()
         self.commands.append(" ".join(argv))
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=REPO,
-                                    timeout=min(timeout, left))
+            result = run_in_own_group(argv, self.env, min(timeout, left))
         except subprocess.TimeoutExpired as e:
             self.log.write(_text(e.stdout) + _text(e.stderr) + f"\n----- timed out after {min(timeout, left):.0f} s\n")
             raise CheckFailed(f"timed out after {min(timeout, left):.0f} s: {' '.join(argv[:6])} ...") from None
         self.log.write(result.stdout + result.stderr + f"\n----- exit {result.returncode}\n")
         self.log.flush()
+        self.last_stderr = result.stderr
         if result.returncode != 0 and not allow_fail:
             tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
             raise CheckFailed(f"exit {result.returncode}: " + " | ".join(tail))
@@ -175,6 +181,20 @@ class Stage:
                 "numbers": self.numbers}
 
 
+def run_in_own_group(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run, but a timeout kills the command's whole process group: torchrun's workers and inductor's
+    compile workers too, which would otherwise live on holding GPU memory through the next checks."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
 class CheckFailed(Exception):
     pass
 
@@ -204,9 +224,15 @@ def offline_env(bundle_dir: Path, scratch: Path) -> dict:
             "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor"), "PYTHONUNBUFFERED": "1"}
 
 
-def run(bundle_dir: Path, out: Path) -> dict:
-    """All five stages, in order, whatever fails; OUT/report.json, report.md and logs.txt."""
+def run(bundle_dir: Path, out: Path, only: list[str] | None = None) -> dict:
+    """All five stages, in order, whatever fails; OUT/report.json, report.md and logs.txt. `only`: these stages
+    (and the environment, which says what the machine is), for a second try after a fix."""
     from gpu_check_stages import STAGES, profile_for
+
+    unknown = set(only or ()) - {name for name, _ in STAGES}
+    if unknown:
+        raise SystemExit(f"gpu_check run: no stage {', '.join(sorted(unknown))}; the stages are "
+                         f"{', '.join(name for name, _ in STAGES)}")
 
     bundle_dir, out = bundle_dir.resolve(), out.resolve()
     for needed in ("gpt2.tiktoken", "shakespeare/manifest.json", "hellaswag_val.jsonl"):
@@ -215,13 +241,20 @@ def run(bundle_dir: Path, out: Path) -> dict:
                              f"{bundle_dir}` first (on a machine with internet)")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "commit": git_commit(),
+    bundled = json.loads((bundle_dir / "bundle.json").read_text()) if (bundle_dir / "bundle.json").is_file() else {}
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+              "commit": git_commit() or f"{bundled.get('commit')} (the bundle's)",
               "bundle": str(bundle_dir), "budgets_s": BUDGETS, "stages": []}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, open(out / "logs.txt", "w") as log:
         scratch = Path(tmp)
         env = offline_env(bundle_dir, scratch)
         profile = None
         for name, stage_fn in STAGES:
+            if only and name not in only and name != "environment":
+                report["stages"].append({"name": name, "status": "skipped", "budget_s": 0, "numbers": {}, "checks": [
+                    {"name": "not selected", "status": "skipped", "numbers": {}, "seconds": 0.0, "commands": [],
+                     "error": f"run with only {', '.join(only)}"}]})
+                continue
             budget = BUDGETS[name] * (1 if profile is None or profile.cuda else CPU_BUDGET_SCALE)
             stage = Stage(name, log, env, budget)
             print(f"gpu_check: stage {name} (budget {budget} s)", flush=True)
@@ -263,7 +296,7 @@ def write_report(report: dict, out: Path) -> None:
             shown = c["error"] if c["error"] else ", ".join(f"{k}={_short(v)}" for k, v in c["numbers"].items())
             head = (stage["name"], stage["status"]) if i == 0 else ("", "")
             lines.append(f"| {head[0]} | {head[1]} | {c['name']}: {c['status']} | {c['seconds']:.0f} | "
-                         f"{shown.replace('|', '/')[:400]} |")
+                         f"{shown.replace('|', '/').replace(chr(10), ' ⏎ ')[:400]} |")  # one table row each
     lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {_short(t['value'])} | {t['goal']} | {t['met']} |" for t in report["targets"]]
     lines += ["", "Commands: report.json (each check's `commands`); output: logs.txt."]
@@ -282,12 +315,12 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "bundle":
         bundle(Path(argv[1]).resolve())
         return 0
-    if len(argv) == 3 and argv[0] == "run":
-        report = run(Path(argv[1]), Path(argv[2]))
+    if len(argv) >= 3 and argv[0] == "run":
+        report = run(Path(argv[1]), Path(argv[2]), argv[3:])
         print((Path(argv[2]) / "report.md").read_text())
         failed = [s["name"] for s in report["stages"] if s["status"] == "fail"]
         return 1 if failed else 0
-    print("usage: gpu_check.py bundle DIR | run DIR OUT", file=sys.stderr)
+    print("usage: gpu_check.py bundle DIR | run DIR OUT [STAGE ...]", file=sys.stderr)
     return 2
 
 

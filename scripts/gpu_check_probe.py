@@ -25,7 +25,7 @@ def env() -> dict:
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "gpt2lab": gpt2lab.__file__, "cuda": torch.cuda.is_available(),
-            "importable": {name: importlib.util.find_spec(name) is not None
+            "importable": {name: _importable(name)
                            for name in ("datasets", "fastapi", "uvicorn", "transformers", "triton")}}
     if info["cuda"]:
         props = torch.cuda.get_device_properties(0)
@@ -33,6 +33,13 @@ def env() -> dict:
                     capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
                     bf16=torch.cuda.is_bf16_supported(), tf32=props.major >= 8, driver=_driver())
     return info
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a finder that refuses the name outright
+        return False
 
 
 def _driver() -> str | None:
@@ -89,7 +96,8 @@ def memory_check(preset: str, *assignments: str) -> dict:
            "batch_size_trained": _trained_batch(lines), "peak_bytes": measured,
            "log": [line for line in lines if "batch" in line][:4]}
     if cuda:
-        out.update(max_memory_allocated=torch.cuda.max_memory_allocated(), max_memory_reserved=torch.cuda.max_memory_reserved())
+        out.update(max_memory_allocated=torch.cuda.max_memory_allocated(),
+                   max_memory_reserved=torch.cuda.max_memory_reserved())
     if measured:
         out["planner_error"] = abs(plan.memory.total / measured - 1)
     return out

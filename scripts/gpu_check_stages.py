@@ -128,6 +128,8 @@ def speed(stage, bundle: Path, scratch: Path, profile: Profile) -> None:
             if code == 0:
                 chosen["batch"] = batch
                 return {"batch_size": batch, "skipped_batches": tried, **train_numbers(json.loads(out.read_text()))}
+            if not re.search(r"out of memory|would need", stage.last_stderr, re.IGNORECASE):  # a bug, not a size
+                raise CheckFailed(f"B={batch}: " + " | ".join(stage.last_stderr.strip().splitlines()[-3:]))
             tried.append(batch)
         raise CheckFailed(f"no micro-batch of {tried} ran (see logs.txt)")
 

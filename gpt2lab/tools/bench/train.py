@@ -102,8 +102,8 @@ def bench_train(
         dtype = resolve_dtype(name)
         amp = None if dtype == torch.float32 else dtype
         ours = copy_model(base, device).train()
-        step = TrainStep(ParallelModel(ours, compile=compile), make_optimizer(ours, settings, device), device=device, amp_dtype=amp,
-                         grad_clip=settings.grad_clip)
+        step = TrainStep(ParallelModel(ours, compile=compile), make_optimizer(ours, settings, device), device=device,
+                         amp_dtype=amp, grad_clip=settings.grad_clip)
         fns[("gpt2lab", name)] = lambda step=step: step(0, repeat((x, y)))
         if compare:
             hf = hf_twin(base).to(device).train()
