@@ -46,7 +46,7 @@ def verify_shards(data_dir, manifest: dict, log=print) -> None:
                         f"--overwrite` (data.verify = false skips this check)")
     if hashed:
         seconds = time.perf_counter() - started
-        log(f"data: verified {hashed / 1e6:,.0f} MB of shards against manifest.json in {seconds:.1f} s "
+        log(f"data: verified {hashed / 1e6:,.1f} MB of shards against manifest.json in {seconds:.1f} s "
             f"(data.verify = false skips it)")
 
 

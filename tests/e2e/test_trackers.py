@@ -4,6 +4,7 @@ and neither dashboard package is imported when its tracker is off (a fresh proce
 it). (TensorBoard, and a missing package: tests/unit/train/test_trackers.py.)"""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -70,8 +71,14 @@ def test_wandb_offline_gets_the_metrics_and_resume_continues_the_same_run(tmp_pa
     assert train(config, run, resume=True, log=quiet).step == 6
 
     run_id = (run / "wandb_run_id").read_text().strip()
-    first, second = sorted((run / "wandb").glob("offline-run-*"))  # one W&B process per launch, the same run
-    assert first.name.endswith(f"-{run_id}") and second.name.endswith(f"-{run_id}")
+    # One W&B process per launch, the same run. W&B names a run's folder by the second it started, and a launch in
+    # the same second as the one before gets a "-1" suffix: order them by (second, suffix), whatever the timing.
+    launches = {}
+    for folder in (run / "wandb").glob("offline-run-*"):
+        match = re.fullmatch(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?", folder.name)
+        assert match, folder.name
+        launches[(match[1], int(match[2] or 0))] = folder
+    first, second = (launches[key] for key in sorted(launches))
     # W&B's own process writes the file; under load its last records can land just after finish() returns
     deadline = time.monotonic() + 60
     while True:

@@ -134,7 +134,9 @@ def test_a_changed_shard_is_refused_at_start_and_at_resume_unless_verification_i
 
 
 def test_token_ids_beyond_the_vocabulary_name_the_shard(tmp_path, capsys):
-    import hashlib, json
+    import hashlib
+    import json
+
     import numpy as np
 
     data = write_dataset(tmp_path / "data")

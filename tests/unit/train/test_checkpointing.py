@@ -137,3 +137,38 @@ def test_export_of_a_whole_checkpoint_is_its_hf_files(tmp_path):
     _, run = run_with_checkpoints(tmp_path, steps=2)
     out = export_checkpoint(run.latest_checkpoint(), tmp_path / "exported")
     assert sorted(p.name for p in out.iterdir()) == sorted([*MODEL_FILES, *TOKENIZER_FILES])
+
+
+def test_each_rank_that_joins_on_resume_gets_its_own_deterministic_rng_stream():
+    """Resumed with more processes than were saved: ranks the checkpoint has continue their saved stream exactly;
+    a rank that joins draws from a stream of its own (not another joining rank's, not a replay of its fresh start,
+    the same on every resume at that step), as a dropout-like draw would see it."""
+    from types import SimpleNamespace
+
+    def draws_after_restore(rank, saved, step, world_size=4):
+        me = SimpleNamespace(ctx=DistContext(rank=rank, world_size=world_size), device=torch.device("cpu"), seed=1337)
+        with torch.random.fork_rng(devices=[]):
+            Checkpointer._restore_rng(me, saved, step)
+            return torch.rand(8)
+
+    with torch.random.fork_rng(devices=[]):
+        saved = []
+        for rank in range(2):  # what a 2-process run saved: each rank's stream, some draws in
+            torch.manual_seed(1337 + rank)
+            torch.rand(5)
+            saved.append({"cpu": torch.get_rng_state()})
+        continued = []
+        for state in saved:
+            torch.set_rng_state(state["cpu"])
+            continued.append(torch.rand(8))
+    for rank in range(2):
+        assert torch.equal(draws_after_restore(rank, saved, step=10), continued[rank])
+    joined = {rank: draws_after_restore(rank, saved, step=10) for rank in (2, 3)}
+    assert not torch.equal(joined[2], joined[3])  # each joining rank its own stream
+    assert torch.equal(joined[2], draws_after_restore(2, saved, step=10))  # deterministic
+    assert not torch.equal(draws_after_restore(2, saved, step=20), joined[2])  # and not the same at every resume
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1337 + 2)  # rank 2's stream when a run starts with 4 processes
+        fresh_start = torch.rand(8)
+    assert not torch.equal(joined[2], fresh_start)
+    assert all(not torch.equal(joined[r], c) for r in (2, 3) for c in continued)

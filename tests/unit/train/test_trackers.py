@@ -10,7 +10,7 @@ import pytest
 from gpt2lab.cli import main
 from gpt2lab.train import train
 
-from tests.train_utils import TRAIN_KEYS, cli_flags, expected, quiet, tracked_config, write_dataset
+from tests.train_utils import TRAIN_KEYS, cli_flags, expected, quiet, tiny_config, tracked_config, write_dataset
 
 pytest.importorskip("tensorboard", reason="the tracker tests need the tensorboard extra (test extra)")
 
@@ -50,3 +50,43 @@ def test_a_missing_tracker_package_is_one_line_before_training(tmp_path, capsys,
     assert code == 2 and err.count("\n") == 1
     assert f"needs the {extra} package, which is not installed: pip install 'gpt2lab[{extra}]'" in err
     assert not run.exists()  # nothing started
+
+
+def test_a_resume_tells_tensorboard_to_drop_the_steps_after_the_checkpoint(tmp_path, monkeypatch):
+    """A run that dies at step 5 with its last checkpoint at 3 logged steps 4 and 5 to TensorBoard; the resumed
+    launch marks its events as starting over at step 4 (a SessionLog START at purge_step 4, which TensorBoard's
+    readers honour by dropping the earlier launch's events from there), so the dashboard shows each step once,
+    with the values of the run that continued: what metrics.jsonl keeps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from gpt2lab.train.step import TrainStep
+
+    run = tmp_path / "run"
+    config = tiny_config(write_dataset(tmp_path / "data"), data__batch_size=2, schedule__max_steps=6,
+                         checkpoint__every=3, log__tensorboard="true")
+    real = TrainStep.__call__
+
+    def dies_at_step_5(self, step, batches):
+        if step == 5 - 1:  # the index of the 5th step
+            raise RuntimeError("the machine went down")
+        return real(self, step, batches)
+
+    monkeypatch.setattr(TrainStep, "__call__", dies_at_step_5)
+    with pytest.raises(RuntimeError, match="went down"):
+        train(config, run, log=quiet)
+    monkeypatch.setattr(TrainStep, "__call__", real)
+    first_files = sorted((run / "tensorboard").iterdir())
+    assert train(config, run, resume=True, log=quiet).step == 6
+
+    second_files = [f for f in sorted((run / "tensorboard").iterdir()) if f not in first_files]
+    assert len(second_files) == 1
+    starts = [e.step for e in EventFileLoader(str(second_files[0])).Load()
+              if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert starts == [4]
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = expected(run, "loss")
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(logged, rel=1e-6)
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
