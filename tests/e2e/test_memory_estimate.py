@@ -21,7 +21,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from gpt2lab.runtime.device import native_bf16
 from tests.conftest import REPO
 from tests.train_utils import cli_flags, write_dataset
 
@@ -97,6 +99,10 @@ def test_estimated_peak_memory_is_within_20_percent_of_the_measured_peak(tmp_pat
     gpt2lab = [sys.executable, "-m", "gpt2lab", "train"]
     rows, model_dominated = [], 0
     for i, (name, changes) in enumerate(CONFIGS.items()):
+        if changes.get("runtime__precision") == "bf16" and not native_bf16(torch.device("cpu")):
+            # Emulated bf16 (a CPU without AVX512-BF16/AMX) runs ~500x slower than fp32, and `precision = auto`
+            # never picks it there: the same shape in fp32 keeps the shape's coverage at the cost of fp32's.
+            name, changes = name.replace("bf16", "fp32 (no native bf16 here)"), {**changes, "runtime__precision": "fp32"}
         flags = cli_flags(data, **{**BASE, **changes})
         planned = subprocess.run([*gpt2lab, "--dry-run", "--json", *flags], env=env, capture_output=True, text=True)
         assert planned.returncode == 0, planned.stderr
