@@ -42,15 +42,11 @@ def run(args) -> int:
     from gpt2lab.eval import hellaswag, loss
     from gpt2lab.model.gpt import load_model
     from gpt2lab.runtime import distributed
-    from gpt2lab.runtime.device import autocast_dtype as precision_of, keep_freed_memory, resolve_device
+    from gpt2lab.runtime.device import autocast_dtype as precision_of, resolve_device
 
     # float32 runs without autocast (None; gpt2lab.runtime.device.autocast)
     device = resolve_device(args.device)
     autocast_dtype = precision_of(args.dtype, device)
-    if device.type == "cpu":
-        # every batch allocates and frees its (batch x window x vocab) logits, ~200 MB for the demo model; without
-        # this each batch page-faults all of it in again (measured ~1.5-2x slower; docs/speed.md)
-        keep_freed_memory()
     # Read the data before the (slower) model load, so a bad file or an offline download fails at once.
     if args.task == "hellaswag":
         examples = hellaswag.load_examples(args.data, limit=args.limit)
