@@ -10,7 +10,7 @@ Why a launcher: a process's ru_maxrss also counts the resident memory its parent
 the larger across exec), and pytest itself grows past 2 GB over the whole suite; /usr/bin/time is small, and so is
 the launcher. Why 10 steps, and the highest of three: on a CPU the trainer's glibc heap fragments over the first
 steps and the peak settles by then (see gpt2lab.runtime.memory.CPU_HEAP_SLACK), which is what the estimate is for; but now
-and then a run's heap happens not to fragment and its peak stays a loss buffer or two lower (the 3 x 512 config:
+and then a run's heap happens not to fragment and its peak stays a loss buffer or two lower (a 3 x 512 bf16 config:
 1,618 MiB in three of sixteen runs, 1,872-2,263 in the others), so the run to compare with is the highest of a few.
 Not here: the fp32 demo shape (6 x 128, B=8 x T=128, AdamW) in one micro-step, the most erratic (1,183-1,832 MiB
 over six runs); with 4 micro-steps its heap fragments more and more steadily (2,227-2,644 MiB over six)."""
