@@ -32,18 +32,10 @@ pytest_plugins = ["tests.eval_utils"]
 ODD = dict(n_layer=3, n_head=3, n_embd=48, block_size=37, vocab_size=1011)
 
 
-LONGEST_FIRST = ["test_memory_estimate.py", "test_train_fsdp.py", "test_fsdp_memory.py", "test_gpu_check.py",
-                 "test_train_resume.py", "test_train_ddp.py"]
-
-
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/e2e/ starts processes (the CLI, torchrun, pip, a server, a browser): all are `slow`, so
     that `pytest -m "not slow"` runs the in-process unit tests of tests/unit/ alone. Every test under tests/cuda/
     is `cuda` (`pytest -m cuda`, the GPU check's stage 2; they skip themselves without a GPU)."""
-    # Longest first, so that with one xdist worker per core (scripts/test.sh) no long file starts last and runs
-    # alone at the end; the rest keep their order.
-    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
-               else len(LONGEST_FIRST))
     for item in items:
         if E2E in item.path.resolve().parents:
             item.add_marker(pytest.mark.slow)
