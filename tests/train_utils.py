@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from gpt2lab.train.config_files import resolve_config
 
@@ -168,3 +169,26 @@ def tiny_sharded(seed: int = 0, **overrides):
     sharded = GPT(config)
     sharded.load_state_dict(whole.state_dict())
     return ParallelModel(sharded, DistContext(), "cpu", strategy="fsdp"), whole
+
+
+class Crash(Exception):
+    """Stands in for a kill -9 between two steps."""
+
+
+def train_until_crash(monkeypatch, config, run_dir, micro_step: int, **train_options) -> None:
+    """Train `config` into `run_dir`, dying (Crash) as micro-step `micro_step` (1-based) begins, as a kill would."""
+    from gpt2lab.train import train
+    from gpt2lab.train.step import TrainStep
+
+    real, count = TrainStep.forward_backward, []
+
+    def crash_at(*args, **kwargs):
+        count.append(1)
+        if len(count) == micro_step:
+            raise Crash
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TrainStep, "forward_backward", crash_at)
+        with pytest.raises(Crash):
+            train(config, run_dir, **train_options)

@@ -17,10 +17,9 @@ from gpt2lab.storage.run_directory import RunDirectory
 from gpt2lab.train import train
 from gpt2lab.train.config import OptimSection
 from gpt2lab.train.optim import make_optimizer, param_groups
-from gpt2lab.train.step import TrainStep
 
 from tests.conftest import ODD, tiny_gpt
-from tests.train_utils import losses, quiet, tiny_config, write_dataset
+from tests.train_utils import losses, quiet, tiny_config, train_until_crash, write_dataset
 
 DEVICE = torch.device(os.environ.get("GPT2LAB_CUDA_TESTS_ON", "cuda"))
 CPU = torch.device("cpu")
@@ -134,10 +133,6 @@ def test_compiled_logits_equal_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
-class Crash(Exception):
-    """Stands in for a kill -9 between two steps."""
-
-
 @pytest.fixture
 def cuda_runs(tmp_path, monkeypatch):
     """A bf16 run of 8 steps on the GPU straight through, and the same run crashed at step 7 and resumed from its
@@ -146,18 +141,7 @@ def cuda_runs(tmp_path, monkeypatch):
     config = tiny_config(data, runtime__device=DEVICE.type, runtime__precision="bf16", schedule__max_steps=8,
                          checkpoint__every=4)
     train(config, tmp_path / "straight", log=quiet, progress=False)
-    real, count = TrainStep.forward_backward, []
-
-    def crash_at_step_7(*args, **kwargs):
-        count.append(1)
-        if len(count) == 7:
-            raise Crash
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(TrainStep, "forward_backward", crash_at_step_7)
-    with pytest.raises(Crash):
-        train(config, tmp_path / "killed", log=quiet, progress=False)
-    monkeypatch.setattr(TrainStep, "forward_backward", real)
+    train_until_crash(monkeypatch, config, tmp_path / "killed", 7, log=quiet, progress=False)
     assert [step for step, _ in RunDirectory(tmp_path / "killed").checkpoints()] == [4]
     train(config, tmp_path / "killed", resume=True, log=quiet, progress=False)
     return tmp_path / "straight", tmp_path / "killed"

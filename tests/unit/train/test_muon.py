@@ -12,9 +12,8 @@ from gpt2lab.train.config import OptimSection, ScheduleSection
 from gpt2lab.train.muon import Muon, newton_schulz, orthogonalised_update
 from gpt2lab.train.optim import make_optimizer
 from gpt2lab.train.schedule import set_lr
-from gpt2lab.train.step import TrainStep
 
-from tests.train_utils import losses, quiet, tiny_config, write_dataset
+from tests.train_utils import losses, quiet, tiny_config, train_until_crash, write_dataset
 
 TINY_GPT = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128)
 CPU = torch.device("cpu")
@@ -130,10 +129,6 @@ def test_muon_momentum_nesterov_and_weight_decay():
         assert torch.equal(p.grad, g2)  # the gradient itself is left alone
 
 
-class Crash(Exception):
-    """Stands in for a kill -9 between two steps."""
-
-
 SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon=True, optim__cautious_wd=True,
                 optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=6)
 
@@ -144,19 +139,7 @@ def test_muon_run_resumes_bit_identically(tmp_path, monkeypatch, options):
     config = tiny_config(data, optim__name="muon", schedule__name="wsd", schedule__max_steps=8, checkpoint__every=4,
                          **options)
     train(config, tmp_path / "straight", log=quiet)
-    real = TrainStep.forward_backward
-    count = []
-
-    def crash_at_step_7(*args, **kwargs):
-        count.append(1)
-        if len(count) == 7:
-            raise Crash
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(TrainStep, "forward_backward", crash_at_step_7)
-    with pytest.raises(Crash):
-        train(config, tmp_path / "killed", log=quiet)
-    monkeypatch.setattr(TrainStep, "forward_backward", real)
+    train_until_crash(monkeypatch, config, tmp_path / "killed", 7, log=quiet)
     assert [step for step, _ in RunDirectory(tmp_path / "killed").checkpoints()] == [4]
     state = torch.load(tmp_path / "killed/checkpoints/step_00000004/training_state.pt", weights_only=True)
     assert len(state["optimizer"]["muon"]["state"]) == 8  # the momentum buffers are saved
