@@ -88,12 +88,13 @@ def hf_gpt2(seed: int = 0, **cfg):
     return model
 
 
-def run_cli(*args, input=None, env=None, timeout=600):
-    """Run `python -m gpt2lab ARGS` as a user would; returns the CompletedProcess."""
+def run_cli(*args, input=None, env=None, timeout=600, preexec_fn=None):
+    """Run `python -m gpt2lab ARGS` as a user would; returns the CompletedProcess. `preexec_fn` runs in the child
+    before gpt2lab starts (e.g. to set a resource limit)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "gpt2lab", *map(str, args)],
-        capture_output=True, text=True, input=input, env=full_env, timeout=timeout,
+        capture_output=True, text=True, input=input, env=full_env, timeout=timeout, preexec_fn=preexec_fn,
     )
 
 

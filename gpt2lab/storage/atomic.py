@@ -39,6 +39,8 @@ _FIXES = {
     errno.EROFS: "choose a location on a writable filesystem",
     errno.EACCES: "choose a location you may write to, or change its permissions",
     errno.EPERM: "choose a location you may write to, or change its permissions",
+    errno.EFBIG: "a limit on file size (`ulimit -f`, or a filesystem such as FAT32) refuses a file this large; "
+                 "raise the limit or write elsewhere",
 }
 _DISK_NEARLY_FULL = 1 << 20  # bytes: below this, a writer's opaque failure is taken to be a full disk
 
@@ -47,13 +49,14 @@ def output_error(error: BaseException, path) -> OutputError | None:
     """The `OutputError` for `error`, raised while writing `path`, if the OS refused the write; else None.
 
     Writers implemented in C++/Rust do not raise OSError: safetensors says "... (os error 28)", and torch.save
-    only "unexpected pos ..." when the disk fills up. So the errno is also read from the message, and an opaque
-    failure on a nearly full filesystem is reported as the full disk it almost certainly is. Call this before
-    removing the partial file, which frees the space the check looks at.
+    only "unexpected pos ..." (given a Python file, with the file's OSError as the exception's context). So the
+    errno is also read from the exception chain and the message, and an opaque failure on a nearly full filesystem
+    is reported as the full disk it almost certainly is. Call this before removing the partial file, which frees
+    the space the check looks at.
     """
     if isinstance(error, GPT2LabError) and not isinstance(error, OutputError):
         return None  # already a user error with its own message
-    code = error.errno if isinstance(error, OSError) else None
+    code = _errno_in_chain(error)
     if code is None and not isinstance(error, OSError):
         found = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))
         code = int(found.group(1) or found.group(2)) if found else (errno.ENOSPC if _nearly_full(path) else None)
@@ -64,6 +67,17 @@ def output_error(error: BaseException, path) -> OutputError | None:
     refused = OutputError(f"cannot write {path}: {reason}; {_FIXES.get(code, 'check the path, or write elsewhere')}")
     refused.errno, refused.strerror, refused.filename = code, reason, str(path)
     return refused
+
+
+def _errno_in_chain(error: BaseException) -> int | None:
+    """The errno of the first OSError among `error` and the exceptions it was raised from or while handling."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error.errno
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _nearly_full(path) -> bool:

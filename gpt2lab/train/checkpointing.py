@@ -37,6 +37,14 @@ from gpt2lab.train import sharded_checkpoint
 STATE_FILE = "training_state.pt"
 
 
+def write_training_state(state: dict, path: Path) -> None:
+    """torch.save through a Python file: given a path, torch writes from C++ and a full disk or a file-size limit
+    reads only "unexpected pos"; through a Python file, the OS's refusal stays in the exception's context, where
+    `output_error` finds its errno."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
+
+
 class NonFiniteState(GPT2LabError, FloatingPointError):
     """The weights or the optimizer state hold NaN or infinity: nothing of them is saved."""
 
@@ -76,7 +84,7 @@ class Checkpointer:
             training_state["optimizer"] = self.optimizer.state_dict()
             with atomic_directory(path) as tmp:
                 save_model(self.model, tmp)
-                torch.save(training_state, tmp / STATE_FILE)
+                write_training_state(training_state, tmp / STATE_FILE)
         if self.ctx.is_main:
             self.run.prune_checkpoints(self.keep)
         distributed.barrier()
@@ -92,7 +100,7 @@ class Checkpointer:
             whole = sharded_checkpoint.whole_model_state(self.model) if final else None
             if self.ctx.is_main:
                 with reporting_refusals(path):
-                    torch.save(training_state, tmp / STATE_FILE)
+                    write_training_state(training_state, tmp / STATE_FILE)
                 if whole is not None:
                     save_state_dict(whole, self.model.config, tmp)  # config.json last
                 else:

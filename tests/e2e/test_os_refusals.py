@@ -2,9 +2,11 @@
 naming the path and the reason, exit code 2, nothing half-written, and the previous checkpoint intact.
 
 Read-only and full disks are real: small tmpfs mounts where this machine lets the test mount (CI runs as root);
-elsewhere those cases are skipped and the in-process tests still cover the mechanism (a fault-injected checkpoint
-failure: tests/unit/train/test_trainer.py; opaque writer failures: tests/unit/storage/test_atomic.py)."""
+elsewhere those cases are skipped and the in-process tests still cover the mechanism (a simulated disk filling up
+mid-checkpoint: tests/unit/train/test_trainer.py; opaque writer failures: tests/unit/storage/test_atomic.py). A
+file-size limit (`ulimit -f`, as a FAT32 disk's 4 GiB limit) is real for any user: it needs no mount."""
 
+import resource
 import subprocess
 
 import pytest
@@ -103,3 +105,21 @@ def test_disk_full_during_prepare_keeps_nothing_half_written(tmp_path, mounts):
     result = run_cli("prepare", tmp_path / "doc.txt", "--out", out, "--val-docs", "0", "--no-progress")
     _one_line(result, f"disk full while writing {out / 'train_000000.bin'}")
     assert not out.exists()  # no finished shard: the half-written one is removed, then the empty directory
+
+
+def test_file_size_limit_refuses_the_checkpoint_in_one_line(tmp_path):
+    """Under a file-size limit (any user may set one) the checkpoint's weights (6.5 MB) fit and its training state
+    (13 MB, written by torch.save from C++) does not: the refusal is the OS's "File too large" by name, not torch's
+    "unexpected pos", and nothing half-written is left."""
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    limit = 8 << 20
+
+    def limit_file_size():  # Python ignores SIGXFSZ, so the write that passes the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = run_cli("train", "--out", run, "--no-progress", *cli_flags(data, schedule__max_steps=2,
+                                                                        checkpoint__every=2),
+                     preexec_fn=limit_file_size)
+    _one_line(result, f"cannot write {run / 'checkpoints' / 'step_00000002'}: File too large", "ulimit -f")
+    assert list((run / "checkpoints").iterdir()) == []  # neither a checkpoint nor its temporary directory

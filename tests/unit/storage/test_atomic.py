@@ -67,6 +67,20 @@ def test_opaque_writer_failures_are_recognised(tmp_path, monkeypatch):
     assert output_error(GPT2LabError("already a user error"), tmp_path) is None
 
 
+def test_the_os_refusal_is_found_in_the_exception_chain(tmp_path):
+    """torch.save writing to a Python file reports "unexpected pos", raised while handling the file's OSError."""
+    try:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    except RuntimeError as e:
+        refused = output_error(e, tmp_path / "training_state.pt")
+    assert refused.errno == errno.EFBIG
+    assert str(refused).startswith(f"cannot write {tmp_path / 'training_state.pt'}: File too large; ")
+    assert "ulimit -f" in str(refused)
+
+
 def test_atomic_writers_remove_their_temporaries_on_refusal(tmp_path, monkeypatch):
     monkeypatch.setattr("gpt2lab.storage.atomic._nearly_full", lambda path: True)
     with pytest.raises(OutputError), atomic_path(tmp_path / "file.bin") as tmp:

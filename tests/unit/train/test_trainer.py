@@ -9,6 +9,7 @@ seam in the trainer, so a feature computed and logged but not applied fails here
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -313,25 +314,39 @@ def test_the_logged_peak_memory_never_goes_down(tmp_path, capsys, monkeypatch):
     assert [r["peak_mem_mb"] for r in records if "peak_mem_mb" in r] == [300, 500, 500, 600, 600]
 
 
-def test_fault_injected_checkpoint_failure_names_the_last_good_one(tmp_path, monkeypatch):
-    """The same mid-run path as the tmpfs test, without a mount: torch.save fails the way it does on a full disk."""
+def test_disk_filling_up_mid_checkpoint_names_the_last_good_one(tmp_path, monkeypatch):
+    """The tmpfs test's path without a mount: a simulated disk whose free space is what the run directory leaves of
+    its capacity fills up while torch.save writes the second checkpoint, and fails as torch does (no errno). Only
+    the partial checkpoint still on the disk shows it is full: it must be judged before it is removed."""
     from gpt2lab.train import checkpointing
     from gpt2lab.train.trainer import train
 
-    data = write_dataset(tmp_path / "data")
-    real_save, calls = torch.save, []
+    data, run = write_dataset(tmp_path / "data"), tmp_path / "run"
+    disk = {"capacity": None}  # None: the real disk, until it fills up
 
-    def failing_save(obj, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            with open(path, "wb") as f:
-                f.write(b"partial")
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-        return real_save(obj, path, *args, **kwargs)
+    def used() -> int:
+        return sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
 
-    monkeypatch.setattr(checkpointing.torch, "save", failing_save)
-    monkeypatch.setattr("gpt2lab.storage.atomic._nearly_full", lambda path: len(calls) >= 2)
-    run = tmp_path / "run"
+    real_statvfs, real_save, saves = os.statvfs, torch.save, []
+
+    def statvfs(path):
+        real = real_statvfs(path)
+        if disk["capacity"] is None:
+            return real
+        free = max(disk["capacity"] - used(), 0)
+        return os.statvfs_result((real.f_bsize, 1, real.f_blocks, free, free, *real[5:]))
+
+    def save_until_full(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) < 2:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"\0" * (2 << 20))  # 2 MiB reached the disk, then it was full
+        f.flush()
+        disk["capacity"] = used() + (256 << 10)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(checkpointing.torch, "save", save_until_full)
+    monkeypatch.setattr(os, "statvfs", statvfs)
     config = tiny_config(data, schedule__max_steps=6, checkpoint__every=2, checkpoint__keep=3)
     with pytest.raises(OutputError) as stopped:
         train(config, run, progress=False, log=lambda line: None)
