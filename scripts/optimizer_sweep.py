@@ -136,7 +136,12 @@ ARMS: dict[str, list[str]] = {
     "sr-momentum-warmup": muon(**FINAL, optim__muon_momentum_warmup_steps=300, optim__muon_momentum_start=0.85),
     "sr-wd-0.1": muon(**FINAL, optim__muon_weight_decay=0.1),
     "sr-cautious-wd-0.1": muon(**FINAL, optim__muon_weight_decay=0.1, optim__cautious_wd="true"),
+    # the weights' moving average: the same training as sr-base, evaluated (also) through the average
+    "sr-ema-0.99": muon(**FINAL, optim__ema=0.99),
+    "sr-ema-0.995": muon(**FINAL, optim__ema=0.995),
 }
+# the second seed of every issue-25 arm (weights and data order: SEED2), run for the arms worth keeping
+ARMS.update({f"{arm}-s2": [*flags, *_sets(SEED2)] for arm, flags in list(ARMS.items()) if arm.startswith("sr-")})
 
 
 def gpt2lab(*args: str) -> list[str]:
@@ -151,8 +156,12 @@ def train_command(arm: str) -> list[str]:
                    "--set", "runtime.threads=1", *ARMS[arm])
 
 
-def eval_command(arm: str) -> list[str]:
-    return gpt2lab("eval", str(SWEEP_DIR / arm), "--task", "loss", "--data", DATA, "--json")
+def eval_command(arm: str, model: Path | None = None) -> list[str]:
+    return gpt2lab("eval", str(model or SWEEP_DIR / arm), "--task", "loss", "--data", DATA, "--json")
+
+
+def averaged(arm: str) -> bool:
+    return any(flag.startswith("optim.ema=") for flag in ARMS[arm])
 
 
 def run_arm(arm: str) -> None:
@@ -164,6 +173,13 @@ def run_arm(arm: str) -> None:
     with open(SWEEP_DIR / f"{arm}.log", "a") as log:
         subprocess.run(train_command(arm), cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the training did (`gpt2lab eval` has no thread flag)
+    if averaged(arm):  # the average's whole-split loss too, from its export
+        if not (run / "ema" / "config.json").is_file():
+            subprocess.run(gpt2lab("export", str(run), "--ema", "--out", str(run / "ema")), cwd=ROOT, check=True,
+                           capture_output=True)
+        result = subprocess.run(eval_command(arm, run / "ema"), cwd=ROOT, check=True, capture_output=True,
+                                text=True, env=one_thread)
+        (run / "val_full_ema.json").write_text(result.stdout)
     result = subprocess.run(eval_command(arm), cwd=ROOT, check=True, capture_output=True, text=True, env=one_thread)
     (run / "val_full.json").write_text(result.stdout)
 
@@ -175,8 +191,11 @@ def summary(arm: str) -> dict | None:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     step_ms = [r["ms_per_step"] for r in records if "ms_per_step" in r]
-    full = json.loads((run / "val_full.json").read_text())["loss"] if (run / "val_full.json").is_file() else None
-    return {"val": val, "median_ms": statistics.median(step_ms) if step_ms else None, "full": full}
+    full, full_ema = (json.loads((run / name).read_text())["loss"] if (run / name).is_file() else None
+                      for name in ("val_full.json", "val_full_ema.json"))
+    val_ema = {r["step"]: r["val_loss_ema"] for r in records if "val_loss_ema" in r}
+    return {"val": val, "val_ema": val_ema, "median_ms": statistics.median(step_ms) if step_ms else None,
+            "full": full, "full_ema": full_ema}
 
 
 def table(arms) -> str:
@@ -190,6 +209,10 @@ def table(arms) -> str:
         full = f"{s['full']:.3f}" if s["full"] is not None else ""
         ms = f"{s['median_ms']:.0f}" if s["median_ms"] else ""
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {full} | {ms} |")
+        if s["val_ema"]:  # the same run seen through its weights' moving average
+            cells = [f"{s['val_ema'][step]:.3f}" if step in s["val_ema"] else "" for step in TABLE_STEPS]
+            full = f"{s['full_ema']:.3f}" if s["full_ema"] is not None else ""
+            lines.append(f"| {arm}, its average | " + " | ".join(cells) + f" | {full} | |")
     return "\n".join(lines)
 
 

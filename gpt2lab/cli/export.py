@@ -15,6 +15,8 @@ def add_command(commands):
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--step", type=int, metavar="N", help="the checkpoint of step N (default: the newest)")
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (created; must be empty)")
+    p.add_argument("--ema", action="store_true",
+                   help="the moving average of the weights (a run trained with optim.ema) instead of the weights")
     p.set_defaults(run=run)
     return p
 
@@ -38,6 +40,7 @@ def run(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GPT2LabError(f"--out {out} exists and is not an empty directory; choose a new one")
     with atomic_directory(out) as tmp:  # an interrupted export leaves nothing that looks like a model
-        export_checkpoint(found[step], tmp)
-    print(f"wrote {out} (step {step} of {run_dir.path})")
+        export_checkpoint(found[step], tmp, averaged=args.ema)
+    what = "the weights' moving average at " if args.ema else ""
+    print(f"wrote {out} ({what}step {step} of {run_dir.path})")
     return 0

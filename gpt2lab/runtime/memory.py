@@ -53,7 +53,8 @@ class TrainingMemory:
     runtime: int  # the process itself: Python + torch's code and buffers (CPU), or the CUDA context (GPU)
     weights: int  # float32 master weights (under FSDP this process's shard)
     gradients: int  # float32, those that exist at the peak (FSDP: the shard; accumulating: the whole, unsharded)
-    optimizer: int  # AdamW: two moments per parameter; Muon: one momentum buffer per matrix (+ its updates)
+    optimizer: int  # AdamW: two moments per parameter; Muon: one momentum buffer per matrix (+ its updates);
+    # with optim.ema, the weights' float32 moving average
     autocast_weights: int  # bf16/fp16 copies of the matmul weights, kept for the backward pass
     activations: int  # what the blocks save for the backward pass, for B x T tokens
     logits: int  # B x T x vocab float32 buffers: log-probabilities and their gradients
@@ -67,10 +68,11 @@ class TrainingMemory:
         return sum(dataclasses.astuple(self))
 
 
-def optimizer_state_bytes(params: int, muon_params: int = 0) -> int:
+def optimizer_state_bytes(params: int, muon_params: int = 0, averaged_params: int = 0) -> int:
     """The optimizer's state, float32: AdamW's two moments per parameter, Muon's one momentum buffer per element of
-    its matrices. What a step holds and what a checkpoint's training_state.pt stores."""
-    return 8 * (params - muon_params) + 4 * muon_params
+    its matrices, and the moving average of the weights that have one (optim.ema). What a step holds and what a
+    checkpoint's training_state.pt stores."""
+    return 8 * (params - muon_params) + 4 * muon_params + 4 * averaged_params
 
 
 # On a CPU the trainer keeps freed memory in glibc's heap (device.keep_freed_memory), and that heap fragments: a
@@ -94,13 +96,14 @@ def block_and_root_params(config) -> tuple[int, int]:
 
 
 def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
-                      amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
+                      averaged_params: int = 0, amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
                       cpu_heap: bool = False, sharded: bool = False, low_precision_params: bool = False,
                       checkpointed: bool = False) -> TrainingMemory:
     """The peak memory of one process's training step of a GPT-2 `config` on B x T tokens, term by term.
 
     params: all parameters; cast_params: those autocast copies (the Conv1D layers and the tied lm_head);
-    muon_params: those Muon trains (the rest has AdamW); amp_bytes: 2 under bf16/fp16 autocast, None in fp32;
+    muon_params: those Muon trains (the rest has AdamW); averaged_params: those with a moving average (optim.ema);
+    amp_bytes: 2 under bf16/fp16 autocast, None in fp32;
     runtime: the process's own memory; cpu_heap: add the CPU heap's allowance (CPU_HEAP_SLACK); sharded: FSDP over
     world_size processes; low_precision_params: FSDP gathers weights in the amp dtype (its GPU mixed-precision
     policy: no autocast copies then); checkpointed: activation checkpointing per block.
@@ -135,7 +138,7 @@ def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cas
     held = 0
     if grad_accum > 1:  # kept from one micro-step to the next; FSDP keeps them whole until the last
         held = params * (amp_bytes if low_precision_params else 4) if sharded else step_gradients
-    optimizer = optimizer_state_bytes(params, muon_params) // shards
+    optimizer = optimizer_state_bytes(params, muon_params, averaged_params) // shards
     muon_updates = 4 * muon_params // shards * (2 if sharded else 1)  # FSDP: the owner's whole matrices too
     backward = autocast_weights + activations + logits + held
     step = step_gradients + muon_updates

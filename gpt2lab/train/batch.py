@@ -62,9 +62,10 @@ class ParameterCounts:
     total: int  # the tied wte/lm_head counted once
     cast: int  # in the matmul layers, which autocast copies (the Conv1D layers and lm_head = wte)
     muon: int  # trained by Muon under optim.name = muon (0 under adamw)
+    averaged: int = 0  # with a moving average (optim.ema: all of them)
 
 
-def parameter_counts(arch: GPTConfig, optimizer: str) -> ParameterCounts:
+def parameter_counts(arch: GPTConfig, optimizer: str, averaged: bool = False) -> ParameterCounts:
     from gpt2lab.model.gpt import GPT, Conv1D
     from gpt2lab.train.optim import muon_parameter_names
 
@@ -74,7 +75,8 @@ def parameter_counts(arch: GPTConfig, optimizer: str) -> ParameterCounts:
             for p in m.parameters()}
     named = dict(model.named_parameters())
     muon = sum(named[n].numel() for n in muon_parameter_names(model)) if optimizer == "muon" else 0
-    return ParameterCounts(model.num_parameters(), sum(cast.values()), muon)
+    total = model.num_parameters()
+    return ParameterCounts(total, sum(cast.values()), muon, total if averaged else 0)
 
 
 @dataclass
@@ -93,7 +95,7 @@ class StepMemory:
         amp = self.device.amp_dtype
         return memory.estimate_training(
             self.arch, batch_size, seq_len, params=self.params.total, cast_params=self.params.cast,
-            muon_params=self.params.muon, amp_bytes=amp.itemsize if amp else None, grad_accum=grad_accum,
+            muon_params=self.params.muon, averaged_params=self.params.averaged, amp_bytes=amp.itemsize if amp else None, grad_accum=grad_accum,
             world_size=self.world_size, runtime=self.runtime, cpu_heap=self.device.type == "cpu",
             sharded=self.strategy == "fsdp", checkpointed=self.activation_checkpointing,
             # FSDP on a GPU gathers the weights in the autocast dtype (parallel.shard's mixed-precision policy)
@@ -191,7 +193,7 @@ def step_memory_of(model, config, device: torch.device, amp_dtype, ctx, measure_
     from gpt2lab.runtime.hardware import device_spec
 
     spec = device_spec(device, amp_dtype)
-    params = parameter_counts(model.config, config.optim.name)
+    params = parameter_counts(model.config, config.optim.name, averaged=config.optim.ema > 0)
     runtime = 0
     if measure_runtime:
         runtime = runtime_bytes(spec, config.optim.name) - (4 * params.total if device.type == "cpu" else 0)

@@ -6,6 +6,7 @@ complete) and training_state.pt:
 
     step                  the number of steps done
     optimizer, scaler     each one's state_dict(), the same on every rank (rank 0's is saved)
+    ema                   the weights' moving average (train/ema.py), {} without optim.ema (as scaler without fp16)
     loader, rng           a list of every rank's state, in rank order
     world_size, config    the number of processes and the TrainConfig (a dict) it was saved with
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from gpt2lab.errors import BadValue, CheckpointError, GPT2LabError, first_line
-from gpt2lab.hf.format import SAFETENSORS, save_model, save_state_dict, write_config
+from gpt2lab.hf.format import SAFETENSORS, read_config, save_model, save_state_dict, write_config
 from gpt2lab.runtime import distributed
 from gpt2lab.storage.atomic import atomic_directory, publish_directory, reporting_refusals, temporary_directory
 from gpt2lab.storage.run_directory import RunDirectory
@@ -139,7 +140,8 @@ class Checkpointer:
         else:
             self.optimizer.load_state_dict(saved["optimizer"])
         for name, state in {**self.states, **self.rank_states}.items():
-            state.load_state_dict(saved[name])
+            if name in saved or not isinstance(state, OptionalState):  # a checkpoint from before an optional state
+                state.load_state_dict(saved[name])
         self._restore_rng(saved["rng"], self.progress.step)
         return saved
 
@@ -306,14 +308,16 @@ def model_source(checkpoint: Path) -> Path | None:
     return checkpoint if (Path(checkpoint) / SAFETENSORS).is_file() else None
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+def export_checkpoint(checkpoint: Path, out: Path, averaged: bool = False) -> Path:
     """The model of `checkpoint` as a plain Hugging Face directory `out`: copied from its HF files, or gathered
-    from its sharded state on this process's CPU."""
+    from its sharded state on this process's CPU; `averaged`: the moving average of its weights instead (optim.ema)."""
     import shutil
 
     problem = checkpoint_problem(checkpoint)
     if problem and not (Path(checkpoint) / SAFETENSORS).is_file():
         raise CheckpointError(f"{checkpoint} is damaged: {problem}")
+    if averaged:
+        return _export_average(checkpoint, out)
     if model_source(checkpoint) is None:
         return sharded_checkpoint.export(checkpoint, out)
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -321,6 +325,24 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         if file.is_file() and file.name != STATE_FILE:
             shutil.copyfile(file, Path(out) / file.name)
     return Path(out)
+
+
+def _export_average(checkpoint: Path, out: Path) -> Path:
+    from gpt2lab.model.gpt import GPT
+
+    average = (load_training_state(checkpoint).get("ema") or {}).get("average")
+    if not average:
+        raise CheckpointError(f"{checkpoint} holds no moving average of the weights: its run did not set optim.ema "
+                              f"(export it without --ema)")
+    model = GPT(read_config(checkpoint), init_weights=False)
+    names = {name for name, _ in model.named_parameters()}
+    if names != set(average) or any(average[n].shape != p.shape for n, p in model.named_parameters()):
+        raise CheckpointError(f"{checkpoint}/{STATE_FILE}: its moving average does not match the model in "
+                              f"config.json; the checkpoint is damaged")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():  # the tied head follows the embedding
+            parameter.copy_(average[name])
+    return save_model(model, out)
 
 
 def rng_state(device: torch.device) -> dict:

@@ -78,6 +78,9 @@ class OptimSection:
     cautious_wd: bool = False  # Muon's weight decay only where the update and the weight agree in sign
     muon_momentum_warmup_steps: int = 0  # momentum ramps linearly from muon_momentum_start to muon_momentum
     muon_momentum_start: float = 0.85
+    # a moving average of the weights (train/ema.py), for the val loss and `gpt2lab export --ema`: its factor, in
+    # (0, 1), e.g. 0.99; 0: off. Either optimizer.
+    ema: float = 0.0
 
 
 @dataclass

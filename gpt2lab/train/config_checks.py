@@ -44,6 +44,9 @@ def validate(config: TrainConfig, given=()) -> None:
         raise ConfigError(f"checkpoint.keep must be at least 1, got {config.checkpoint.keep}")
     if config.parallel.strategy not in ("ddp", "fsdp", "auto"):
         raise ConfigError(f"parallel.strategy must be ddp, fsdp or auto, got '{config.parallel.strategy}'")
+    if config.optim.ema and config.parallel.strategy == "fsdp":
+        raise ConfigError("optim.ema is not supported with parallel.strategy = fsdp yet (the average would be "
+                          "sharded); use ddp, or drop optim.ema")
     if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
     if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
@@ -107,6 +110,8 @@ def _check_speedrun_options(optim, schedule) -> None:
     if not 0 <= optim.muon_momentum_warmup_steps <= schedule.max_steps:
         raise ConfigError(f"optim.muon_momentum_warmup_steps must be in [0, schedule.max_steps = "
                           f"{schedule.max_steps}], got {optim.muon_momentum_warmup_steps}")
+    if not (0 <= optim.ema < 1):  # NaN too
+        raise ConfigError(f"optim.ema must be in (0, 1), e.g. 0.99 (or 0: off), got {optim.ema}")
     if optim.cautious_wd and optim.name == "muon" and optim.muon_weight_decay == 0:
         raise ConfigError("optim.cautious_wd changes how Muon's weight decay is applied, but "
                           "optim.muon_weight_decay is 0; set it or drop optim.cautious_wd")

@@ -148,7 +148,7 @@ def make_plan(config: TrainConfig, device: DeviceSpec, world_size: int = 1, assu
     data = config.data
     arch.check_context(data.seq_len, "data.seq_len", "lower it or raise model.block_size")
     local = local_processes or (world_size if device.type == "cpu" else 1)
-    params = parameter_counts(arch, config.optim.name)
+    params = parameter_counts(arch, config.optim.name, averaged=config.optim.ema > 0)
     step_memory = StepMemory(arch, params, device, world_size, runtime_bytes(device, config.optim.name),
                              activation_checkpointing=config.runtime.activation_checkpointing)
     strategy, reason = config.parallel.strategy, ""
@@ -224,10 +224,10 @@ def _add_data(plan: Plan) -> None:
 
 
 def checkpoint_bytes(params: ParameterCounts, arch: GPTConfig) -> int:
-    """One checkpoint directory: float32 weights (model.safetensors), the optimizer state (training_state.pt) and
-    GPT-2's tokenizer files."""
+    """One checkpoint directory: float32 weights (model.safetensors), the optimizer state and the weights' moving
+    average if any (training_state.pt) and GPT-2's tokenizer files."""
     tokenizer = TOKENIZER_FILES_BYTES if arch.vocab_size >= 50257 else 0
-    return 4 * params.total + memory.optimizer_state_bytes(params.total, params.muon) + tokenizer
+    return 4 * params.total + memory.optimizer_state_bytes(params.total, params.muon, params.averaged) + tokenizer
 
 
 def _add_notes(plan: Plan, local: int) -> None:
@@ -263,7 +263,7 @@ def format_plan(plan: Plan) -> str:
              f"  data     {_data_line(plan)}",
              f"  memory   ~{memory.format_bytes(mem.total)} per {'process' if dev.type == 'cpu' else 'GPU'} at a "
              f"step's peak ({dev.precision}, {optimizer_name(cfg)}, {_strategy_name(plan)}): {_fits_line(plan)}",
-             f"           {_breakdown(mem)}",
+             f"           {_breakdown(mem, averaged=plan.params.averaged > 0)}",
              *_strategies_line(plan),
              f"  time     {_time_line(plan)}",
              f"  disk     {_disk_line(plan)}"]
@@ -313,8 +313,9 @@ def _fits_line(plan: Plan) -> str:
     return f"{'fits' if plan.fits else 'DOES NOT FIT'} in {memory.format_bytes(dev.memory_bytes)} {what}"
 
 
-def _breakdown(mem: memory.TrainingMemory) -> str:
-    names = {"runtime": "runtime", "weights": "weights", "gradients": "gradients", "optimizer": "optimizer",
+def _breakdown(mem: memory.TrainingMemory, averaged: bool = False) -> str:
+    names = {"runtime": "runtime", "weights": "weights", "gradients": "gradients",
+             "optimizer": "optimizer + weight average (optim.ema)" if averaged else "optimizer",
              "autocast_weights": "autocast copies", "activations": "activations", "logits": "logits",
              "ddp_buckets": "DDP buckets", "gathered_weights": "gathered weights", "reduce_buffers": "reduce buffers",
              "allocator": "allocator"}

@@ -3,7 +3,8 @@
     step(i, batches):  every group's LR for step i  ->  zero the gradients  ->  grad_accum micro-steps (forward
                        in the autocast precision, loss / grad_accum, backward; gradients sync on the last only)
                        ->  the mean loss over processes  ->  unscale (fp16)  ->  clip the global norm  ->  refuse a
-                       non-finite loss or norm  ->  optimizer step (through the GradScaler under fp16)
+                       non-finite loss or norm  ->  optimizer step (through the GradScaler under fp16)  ->
+                       the weights' moving average, if any (ema.py)
 
 Each micro-loss is divided by grad_accum, so the summed gradient is the gradient of the mean loss over the whole
 step's tokens, exactly as one big batch would give.
@@ -47,16 +48,17 @@ class TrainStep:
 
     grad_clip: the global norm to clip to (0: none; the norm is still measured); schedule: step index -> LR, setting
     every param group's (None: the optimizer's LRs as they are); loss_fn(model, x, y): the scalar loss (another
-    implementation's, for `gpt2lab bench`). Under fp16 the step owns the GradScaler, a piece of the run's state.
+    implementation's, for `gpt2lab bench`); average: a WeightAverage to update after each optimizer step. Under
+    fp16 the step owns the GradScaler, a piece of the run's state.
     """
 
     def __init__(self, model: ParallelModel, optimizer, *, device, amp_dtype=None, grad_accum: int = 1,
                  grad_clip: float = 0.0, schedule: Callable[[int], float] | None = None,
-                 loss_fn: Callable = gpt_loss):
+                 loss_fn: Callable = gpt_loss, average=None):
         self.model, self.optimizer = model, optimizer
         self.device, self.amp_dtype, self.grad_accum = torch.device(device), amp_dtype, grad_accum
         self.max_norm = grad_clip if grad_clip > 0 else math.inf
-        self.schedule, self.loss_fn = schedule, loss_fn
+        self.schedule, self.loss_fn, self.average = schedule, loss_fn, average
         self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
 
     def __call__(self, step: int, batches: Iterator) -> StepResult:
@@ -79,6 +81,8 @@ class TrainStep:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return StepResult(loss, norm, lr)
 
     def forward_backward(self, batches: Iterator) -> torch.Tensor:

@@ -34,6 +34,7 @@ from gpt2lab.train.batch import (StepMemory, auto_batch_size, choose_strategy, g
 from gpt2lab.train.checkpointing import (Checkpointer, NonFiniteState, OptionalState, SameOnEveryRank, StepCounter,
                                          model_source, resume_point)
 from gpt2lab.train.console import StepPrinter, StopSignals
+from gpt2lab.train.ema import WeightAverage
 from gpt2lab.train.config import AUTO, TrainConfig, to_toml
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer
@@ -113,9 +114,11 @@ class Trainer:
         self.train_loader, self.val_loader = self._make_loaders()
         self._check_memory(step_memory)
         optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
+        self.average = WeightAverage(self.raw_model, cfg.optim.ema) if cfg.optim.ema else None
         self.train_step = TrainStep(self.model, optimizer, device=self.device, amp_dtype=self.amp_dtype,
                                     grad_accum=self.grad_accum, grad_clip=cfg.optim.grad_clip,
-                                    schedule=lambda i: set_lr(optimizer, i, cfg.optim, cfg.schedule))
+                                    schedule=lambda i: set_lr(optimizer, i, cfg.optim, cfg.schedule),
+                                    average=self.average)
         self.checkpointer = self._make_checkpointer(optimizer)
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -241,7 +244,8 @@ class Trainer:
         """The trainer's pieces of state, by name: with the weights and each process's RNG (which the checkpointer
         saves itself), everything that decides what the next step computes."""
         return Checkpointer(self.run_dir, self.raw_model, optimizer, self.ctx, self.device, progress=self.counter,
-                            states={"scaler": OptionalState(self.train_step.scaler)},
+                            states={"scaler": OptionalState(self.train_step.scaler),
+                                    "ema": OptionalState(self.average)},
                             rank_states={"loader": SameOnEveryRank(self.train_loader)},
                             config=self.config.to_dict(), keep=self.config.checkpoint.keep,
                             seed=self.config.runtime.seed, sharded=self.model.sharded)
@@ -349,8 +353,9 @@ class Trainer:
         val_loss = None
         if due(eval_cfg.val_every) and self.val_loader is not None:  # None: validation off (val_batches 0)
             val_loss = self.validation_loss()
-            self.metrics.write({"step": step, "val_loss": val_loss, **self._peak_memory()})
-            self.log(f"step {step}: val loss {val_loss:.4f}")
+            averaged = self._averaged_validation_loss()
+            self.metrics.write({"step": step, "val_loss": val_loss, **averaged, **self._peak_memory()})
+            self.log(f"step {step}: val loss {val_loss:.4f}" + "".join(f", {k} {v:.4f}" for k, v in averaged.items()))
         if eval_cfg.hellaswag_every and due(eval_cfg.hellaswag_every):
             self._hellaswag()
         # rank 0 samples; under FSDP every rank computes the (same) samples with it, each forward pass being collective
@@ -393,6 +398,12 @@ class Trainer:
         batches = [self.val_loader.next_batch() for _ in range(self.config.eval.val_batches)]
         # the raw model, never the compiled/DDP wrapper: evaluation must not trigger gradient sync
         return fixed_batches_loss(self.raw_model, batches, self.device, self.amp_dtype)
+
+    def _averaged_validation_loss(self) -> dict:
+        if self.average is None:
+            return {}
+        with self.average.swapped_in():
+            return {"val_loss_ema": self.validation_loss()}
 
     def _hellaswag(self) -> None:
         from gpt2lab.eval.hellaswag import evaluate

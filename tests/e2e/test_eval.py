@@ -68,10 +68,11 @@ def test_cli_loss_on_a_text_file(tmp_path, tiny_model_dir):
     path.write_text(TEXT * 3)  # longer than the tiny model's 64 positions: several windows
     run = tmp_path / "run"  # a training run directory: MODEL resolves to its newest checkpoint
     shutil.copytree(tiny_model_dir, run / "checkpoints" / "step_00000010")
-    proc = run_cli("eval", run, "--task", "loss", "--data", path, "--stride", "32", "--json",
-                   env={"OMP_NUM_THREADS": "1"})
+    proc = run_cli("eval", run, "--task", "loss", "--data", path, "--stride", "32", "--dtype", "float32",
+                   "--json", env={"OMP_NUM_THREADS": "1"})  # float32 as the library call below (auto: bf16 if native)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
+    assert record["dtype"] == "float32"
     expected = loss.evaluate_loss(load_model(tiny_model_dir), loss.load_streams(path), stride=32)
     assert record["task"] == "loss" and record["tokens"] == expected.tokens == len(loss.text_file_tokens(path)) - 1
     assert record["loss"] == pytest.approx(expected.loss, rel=1e-6)

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 from tests.train_utils import cli_flags, write_dataset
 
 SHAPE = dict(model__n_layer=12, model__n_head=12, model__n_embd=768, model__block_size=64, data__seq_len=64,
-             data__batch_size=1, data__total_batch_tokens=128, schedule__max_steps=6, eval__val_batches=1)
+             data__batch_size=1, data__total_batch_tokens=128, schedule__max_steps=3, eval__val_batches=1)
 
 
 def measured(tmp_path, flags, strategy):

@@ -1,5 +1,5 @@
 """FSDP2 on this machine's CPU (gloo, torchrun): two sharded processes train what DDP and one process with
-accumulation train, to float rounding (AdamW and Muon, with and without activation checkpointing); a run killed at
+accumulation train, to float rounding (AdamW and Muon; AdamW also with activation checkpointing); a run killed at
 any moment, also mid-checkpoint, resumes bit-identically; it resumes across strategies and process counts; its
 checkpoints export to a plain HF model that transformers reads; bad input is one line."""
 
@@ -72,16 +72,15 @@ def test_fsdp_trains_the_steps_of_ddp_and_of_one_process_with_accumulation(tmp_p
     data = write_dataset(tmp_path / "data", train_tokens=40_000)
     extra = dict(optim__name="muon", optim__muon_ns_dtype="fp32") if optimizer != "adamw" else {}
     extra.update(SPEEDRUN if optimizer == "muon-speedrun" else {})
-    flags = cli_flags(data, schedule__max_steps=20, data__batch_size=2, **extra)
+    flags = cli_flags(data, schedule__max_steps=10, data__batch_size=2, **extra)
     trained(run_cli("train", "--out", tmp_path / "one", *flags))  # 2 micro-steps
     runs = {"ddp": ["parallel.strategy=ddp"], "fsdp": ["parallel.strategy=fsdp"],
             "fsdp+checkpointing": ["parallel.strategy=fsdp", "runtime.activation_checkpointing=true"]}
     if optimizer != "adamw":
         del runs["ddp"]  # DDP's Muon against one process: tests/e2e/test_train_ddp.py
-    if optimizer == "muon-speedrun":
-        del runs["fsdp+checkpointing"]  # checkpointing changes no number (the plain muon case shows it)
+        del runs["fsdp+checkpointing"]  # recomputing activations changes no number: the AdamW case shows it
     reference = losses(tmp_path / "one")
-    assert len(reference) == 20
+    assert len(reference) == 10
     for name, sets in runs.items():
         trained(torchrun(2, "--out", tmp_path / name, *flags, *[f for s in sets for f in ("--set", s)]))
         assert close(losses(tmp_path / name), reference), name

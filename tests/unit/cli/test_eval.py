@@ -70,14 +70,19 @@ def test_loss_on_prepared_shards_cli_and_library(tmp_path, tiny_model_dir, capsy
             n = int((y != -100).sum())
             total, count = total + chunk_loss.item() * n, count + n
     assert count == sum(len(s) - 1 for s in shards) > 64
-    assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--json"]) == 0
+    # float32, as the reference above: `--dtype auto` is bf16 on a CPU with native bf16 (AVX512-BF16, AMX)
+    assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--dtype", "float32",
+                     "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["tokens"] == count
+    assert record["dtype"] == "float32" and record["tokens"] == count
     assert record["loss"] == pytest.approx(total / count, rel=1e-6)
     # --dtype auto (the default) picks what `runtime.precision = auto` trains in: bf16 only where it is native
     from gpt2lab.runtime.device import native_bf16
 
+    assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
     assert record["dtype"] == ("bfloat16" if native_bf16(torch.device("cpu")) else "float32")
+    assert record["tokens"] == count and record["loss"] == pytest.approx(total / count, rel=1e-2)
     assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--split", "test"]) == 2
     assert "no split 'test'" in capsys.readouterr().err
 
