@@ -139,6 +139,15 @@ ARMS: dict[str, list[str]] = {
     # the weights' moving average: the same training as sr-base, evaluated (also) through the average
     "sr-ema-0.99": muon(**FINAL, optim__ema=0.99),
     "sr-ema-0.995": muon(**FINAL, optim__ema=0.995),
+    # the three that were ahead of sr-base alone at 900 steps (seed 1), together, with the weights' average (which
+    # changes no step: the table's first row is the run's own weights, the second its average)
+    "sr-winners": muon(**FINAL, optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true",
+                       optim__muon_momentum_warmup_steps=300, optim__muon_momentum_start=0.85, optim__ema=0.99),
+    # fewer steps: the best 300-step recipe above (Muon 0.02, cool-down over all steps) in 250, alone and with the
+    # techniques that won at 900 steps
+    "sr-250-steps": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250, schedule__decay_fraction=1.0),
+    "sr-250-steps-polar-express": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250,
+                                       schedule__decay_fraction=1.0, optim__muon_ns_coefficients="polar_express"),
 }
 # the second seed of every issue-25 arm (weights and data order: SEED2), run for the arms worth keeping
 ARMS.update({f"{arm}-s2": [*flags, *_sets(SEED2)] for arm, flags in list(ARMS.items()) if arm.startswith("sr-")})

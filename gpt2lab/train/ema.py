@@ -1,9 +1,12 @@
 """An exponential moving average of the weights (`optim.ema`), for evaluation and, when asked, the exported model.
 
-After every optimizer step each float32 average moves towards the weights: average += (1 - d) * (weights - average),
-with d = min(optim.ema, (1 + n) / (10 + n)) after n updates, the warm-up of TensorFlow's ExponentialMovingAverage:
-early on the average follows the weights closely instead of staying near the random initialisation for ~1 / (1 - d)
-steps. The average never feeds back into training, so the run's losses are the same with it or without it; it is
+After every optimizer step each float32 average moves towards the weights: average += w_n * (weights - average),
+with w_n = (1 - d) / (1 - d**n) at update n and d = optim.ema: the bias-corrected exponential average (Adam corrects
+its moments the same way), so update k weighs (1 - d) d**(n - k), normalised, and nothing of the random
+initialisation is left in it. Its horizon is ~1 / (1 - d) steps from the first update on: 0.99 averages about the
+last 100 steps. (TensorFlow's warm-up, min(d, (1 + n) / (10 + n)), caps d until step ~9 / (1 - d), so for runs
+shorter than that every factor gives the same average of the last ~10 % of the steps.) The average never feeds
+back into training, so the run's losses are the same with it or without it; it is
 saved in training_state.pt (under "ema") so that `--resume` continues it bit for bit, and `gpt2lab export --ema`
 writes it as a plain GPT-2 model.
 """
@@ -17,9 +20,9 @@ import torch
 from gpt2lab.errors import GPT2LabError
 
 
-def decay_at(decay: float, updates: int) -> float:
-    """The averaging factor of update number `updates` (1, 2, ...): `decay`, warmed up."""
-    return min(decay, (1 + updates) / (10 + updates))
+def step_weight(decay: float, updates: int) -> float:
+    """How far update number `updates` (1, 2, ...) moves the average towards the weights: 1 at the first."""
+    return (1 - decay) / (1 - decay**updates)
 
 
 class WeightAverage:
@@ -38,7 +41,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        weight = 1 - decay_at(self.decay, self.updates)
+        weight = step_weight(self.decay, self.updates)
         torch._foreach_lerp_(self.average, [p.detach().float() for p in self.params], weight)
 
     @contextlib.contextmanager

@@ -11,7 +11,7 @@ from gpt2lab.model.gpt import GPT, GPTConfig, load_model
 from gpt2lab.train import train
 from gpt2lab.train.config import ConfigError
 from gpt2lab.train.config_files import resolve_config
-from gpt2lab.train.ema import WeightAverage, decay_at
+from gpt2lab.train.ema import WeightAverage, step_weight
 from tests.train_utils import losses, quiet, tiny_config, train_until_crash, write_dataset
 
 TINY_GPT = dict(block_size=16, vocab_size=128, n_layer=1, n_head=2, n_embd=16)
@@ -22,20 +22,21 @@ def records(run, key):
     return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
 
 
-def test_the_average_moves_towards_the_weights_by_the_warmed_up_decay():
+def test_the_average_is_the_bias_corrected_exponential_average_of_the_updated_weights():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY_GPT))
     average = WeightAverage(model, decay=0.9)
-    expected = {name: p.detach().double().clone() for name, p in model.named_parameters()}
+    history = []  # the weights after each update: the average is sum_k (1 - d) d^(n-k) w_k / (1 - d^n)
     for update in range(1, 31):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
+        history.append({name: p.detach().double().clone() for name, p in model.named_parameters()})
         average.update()
-        d = min(0.9, (1 + update) / (10 + update))  # TF's warm-up: 2/11, 3/12, ... until it reaches 0.9
-        assert decay_at(0.9, update) == d
-        for name, p in model.named_parameters():
-            expected[name] = d * expected[name] + (1 - d) * p.detach().double()
+    assert step_weight(0.9, 1) == 1  # the first update is the weights themselves: nothing of the initialisation
+    n = len(history)
+    expected = {name: sum(0.1 * 0.9 ** (n - k) * w[name] for k, w in enumerate(history, 1)) / (1 - 0.9**n)
+                for name in history[0]}
     saved = average.state_dict()
     assert saved["updates"] == 30 and len(saved["average"]) == len(list(model.parameters()))  # the tied head once
     for name, tensor in saved["average"].items():
@@ -47,10 +48,11 @@ def test_swapped_in_holds_the_average_then_gives_the_weights_back_bit_for_bit():
     model = GPT(GPTConfig(**TINY_GPT))
     average = WeightAverage(model, decay=0.5)
     own = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1)
-    average.update()
+    for _ in range(2):  # the first update copies the weights, the second moves the average 2/3 of the way
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1)
+        average.update()
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     with average.swapped_in():
         inside = model.state_dict()
