@@ -149,6 +149,16 @@ ARMS: dict[str, list[str]] = {
     "sr-250-steps-polar-express": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250,
                                        schedule__decay_fraction=1.0, optim__muon_ns_coefficients="polar_express"),
 }
+# The ladder's second rung (issue 25): the same data, steps and tokens with a model 8 layers x 256 wide (64-dim heads as
+# GPT-2's; ~2.5x the demo's FLOPs per token), two LRs for each optimizer: AdamW alone around its demo best (1e-3),
+# Muon at its demo best (0.01; its update is scaled by shape) with two LRs for its AdamW part (the embeddings').
+LADDER_8x256 = {"model__n_layer": 8, "model__n_head": 4, "model__n_embd": 256}
+ARMS.update({
+    "ladder-8x256-adamw-5e-4-wsd": adamw(5e-4, "wsd", **LADDER_8x256),
+    "ladder-8x256-adamw-1e-3-wsd": adamw(1e-3, "wsd", **LADDER_8x256),
+    "ladder-8x256-muon-0.01-adam-4e-3": muon(**{**FINAL, "adam_lr": 4e-3}, **LADDER_8x256),
+    "ladder-8x256-muon-0.01-adam-8e-3": muon(**FINAL, **LADDER_8x256),
+})
 # the second seed of every issue-25 arm (weights and data order: SEED2), run for the arms worth keeping
 ARMS.update({f"{arm}-s2": [*flags, *_sets(SEED2)] for arm, flags in list(ARMS.items()) if arm.startswith("sr-")})
 

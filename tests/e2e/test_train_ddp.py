@@ -123,7 +123,7 @@ def test_ranks_share_the_orthogonalisation_and_agree_with_one_process(tmp_path):
 # issue 25's Muon options, all on: NorMuon's per-neuron statistics are computed by every rank from the broadcast
 # updates, so ranks and the one-process run must agree
 SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
-                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=2)
+                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=2, optim__ema=0.9)
 
 
 @pytest.mark.parametrize("options", [{}, SPEEDRUN], ids=["plain", "speedrun-options"])
@@ -146,3 +146,9 @@ def test_torchrun_two_processes_with_muon_match_one_process_with_accumulation(tm
     a, b = load_model(tmp_path / "single").state_dict(), load_model(tmp_path / "ddp").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+    if options:  # the weights' average (optim.ema), which every rank keeps of the same weights
+        a, b = (torch.load(run / "checkpoints/step_00000003/training_state.pt", weights_only=True)["ema"]["average"]
+                for run in (tmp_path / "single", tmp_path / "ddp"))
+        assert sorted(a) == sorted(b) and len(a) > 0
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
