@@ -143,11 +143,18 @@ ARMS: dict[str, list[str]] = {
     # changes no step: the table's first row is the run's own weights, the second its average)
     "sr-winners": muon(**FINAL, optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true",
                        optim__muon_momentum_warmup_steps=300, optim__muon_momentum_start=0.85, optim__ema=0.99),
+    # the winners without the momentum warmup (whose step count must fit the run, so a preset holding it would refuse
+    # a shortened `--steps` run): the shakespeare-cpu preset since issue 25
+    "sr-polar-normuon-ema": muon(**FINAL, optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true",
+                                 optim__ema=0.99),
     # fewer steps: the best 300-step recipe above (Muon 0.02, cool-down over all steps) in 250, alone and with the
     # techniques that won at 900 steps
     "sr-250-steps": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250, schedule__decay_fraction=1.0),
     "sr-250-steps-polar-express": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250,
                                        schedule__decay_fraction=1.0, optim__muon_ns_coefficients="polar_express"),
+    "sr-250-steps-polar-express-ema-0.98": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250,
+                                                schedule__decay_fraction=1.0,
+                                                optim__muon_ns_coefficients="polar_express", optim__ema=0.98),
 }
 # The ladder's second rung (issue 25): the same data, steps and tokens with a model 8 layers x 256 wide (64-dim heads as
 # GPT-2's; ~2.5x the demo's FLOPs per token), two LRs for each optimizer: AdamW alone around its demo best (1e-3),

@@ -86,3 +86,15 @@ def test_loss_on_prepared_shards_cli_and_library(tmp_path, tiny_model_dir, capsy
     assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(data), "--split", "test"]) == 2
     assert "no split 'test'" in capsys.readouterr().err
 
+
+def test_a_cpu_loss_evaluation_keeps_its_freed_logits_memory(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Every batch frees ~200 MB of logits (the demo model); glibc would unmap and page-fault them in again."""
+    from gpt2lab.runtime import device
+
+    calls = []
+    monkeypatch.setattr(device, "keep_freed_memory", lambda: calls.append(1))
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    assert cli.main(["eval", str(tiny_model_dir), "--task", "loss", "--data", str(path), "--device", "cpu",
+                     "--dtype", "float32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dtype"] == "float32" and calls == [1]
