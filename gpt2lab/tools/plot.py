@@ -92,6 +92,9 @@ def plot_runs(run_dirs, out, baselines: bool = True, x: str = "step", train: boo
         steps, val = series(records, "val_loss", x)
         if steps:
             ax.plot(steps, val, color=color, marker="o", markersize=3, label=f"{name} val")
+        steps, val = series(records, "val_loss_ema", x)  # the weights' moving average (optim.ema)
+        if steps:
+            ax.plot(steps, val, color=color, marker="s", markersize=3, linestyle="--", label=f"{name} val, average")
     if val_baseline:
         label, value = BASELINE_VAL_LOSS
         ax.axhline(value, color="red", linestyle="--", linewidth=1, label=f"{label} {value}")

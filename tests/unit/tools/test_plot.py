@@ -27,7 +27,8 @@ def test_plot_draws_every_run_and_the_gpt2_baselines(tmp_path, monkeypatch, caps
     runs = []
     for i, name in enumerate(("alpha", "beta")):
         records = [{"step": s, "loss": 10.0 - s - i} for s in range(1, 5)] + [
-            {"step": 4, "val_loss": 5.5 - i}, {"step": 4, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26 + i / 100}]
+            {"step": 4, "val_loss": 5.5 - i, **({"val_loss_ema": 5.4} if i else {})},
+            {"step": 4, "hellaswag_acc": 0.25, "hellaswag_acc_norm": 0.26 + i / 100}]
         runs.append(_run_trained_on(tmp_path, name, "hf:HuggingFaceFW/fineweb-edu:sample-10BT", records))
     figures = []
     real_savefig = Figure.savefig
@@ -50,6 +51,7 @@ def test_plot_draws_every_run_and_the_gpt2_baselines(tmp_path, monkeypatch, caps
     assert drawn["alpha train"] == ([1, 2, 3, 4], [9.0, 8.0, 7.0, 6.0])
     assert drawn["beta train"] == ([1, 2, 3, 4], [8.0, 7.0, 6.0, 5.0])
     assert drawn["alpha val"] == ([4], [5.5]) and drawn["beta val"] == ([4], [4.5])
+    assert drawn["beta val, average"] == ([4], [5.4]) and "alpha val, average" not in drawn  # optim.ema's curve
     assert flat(loss_axis) == [3.2924]
     assert curves(hellaswag_axis)["beta acc_norm"] == ([4], [0.27])
     assert flat(hellaswag_axis) == [0.2955, 0.337]
