@@ -194,7 +194,7 @@ def eval_command(arm: str, model: Path | None = None) -> list[str]:
 
 
 def averaged(arm: str) -> bool:
-    return any(flag.startswith("optim.ema=") for flag in ARMS[arm])
+    return any(flag.startswith("optim.ema=") and float(flag.partition("=")[2]) > 0 for flag in ARMS[arm])
 
 
 def run_arm(arm: str) -> None:
