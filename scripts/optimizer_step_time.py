@@ -1,7 +1,8 @@
 """Muon's time per step against AdamW's on the shakespeare-cpu model (6 layers x 128, B=8, T=128), fp32 and bf16
 autocast: the bare training step (forward, backward, clipping, optimizer step), the two optimizers alternating in
 one process (10 steps each, six times) on the same random batch, after 3 warm-up steps. Prints medians as JSON.
-With --techniques: the preset's Muon step against the same step with each of issue 25's options (docs/muon.md).
+With --techniques: the preset's Muon step before issue 25's ablation against the same step with each of its options
+(docs/muon.md).
 
     .venv/bin/python scripts/optimizer_step_time.py [--techniques]
 """
@@ -23,11 +24,14 @@ from gpt2lab.train.step import TrainStep, repeat
 ROUNDS, STEPS, WARMUP = 6, 10, 3
 OPTIMIZERS = {"adamw": [("optim.name", "adamw"), ("optim.lr", "1e-3"), ("optim.min_lr", "1e-4")],  # best AdamW
               "muon": []}  # the preset's
+# --techniques: the preset as it was before issue 25's ablation (its options off), then each option added to it
+BEFORE = [("optim.muon_ns_coefficients", "quintic"), ("optim.muon_normuon", "false"), ("optim.ema", "0")]
 WINNERS = [("optim.muon_ns_coefficients", "polar_express"), ("optim.muon_normuon", "true"),
            ("optim.muon_momentum_warmup_steps", "300")]
-TECHNIQUES = {"muon": [], "polar_express": WINNERS[:1], "normuon": WINNERS[1:2],
-              "cautious_wd": [("optim.muon_weight_decay", "0.1"), ("optim.cautious_wd", "true")],
-              "ema": [("optim.ema", "0.99")], "winners": WINNERS}
+TECHNIQUES = {name: BEFORE + added for name, added in {
+    "muon": [], "polar_express": WINNERS[:1], "normuon": WINNERS[1:2],
+    "cautious_wd": [("optim.muon_weight_decay", "0.1"), ("optim.cautious_wd", "true")],
+    "ema": [("optim.ema", "0.99")], "winners": WINNERS}.items()}
 
 
 def main() -> None:

@@ -96,9 +96,9 @@ def block_and_root_params(config) -> tuple[int, int]:
 
 
 def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
-                      averaged_params: int = 0, amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1, runtime: int = 0,
-                      cpu_heap: bool = False, sharded: bool = False, low_precision_params: bool = False,
-                      checkpointed: bool = False) -> TrainingMemory:
+                      averaged_params: int = 0, amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1,
+                      runtime: int = 0, cpu_heap: bool = False, sharded: bool = False,
+                      low_precision_params: bool = False, checkpointed: bool = False) -> TrainingMemory:
     """The peak memory of one process's training step of a GPT-2 `config` on B x T tokens, term by term.
 
     params: all parameters; cast_params: those autocast copies (the Conv1D layers and the tied lm_head);

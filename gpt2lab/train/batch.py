@@ -95,8 +95,9 @@ class StepMemory:
         amp = self.device.amp_dtype
         return memory.estimate_training(
             self.arch, batch_size, seq_len, params=self.params.total, cast_params=self.params.cast,
-            muon_params=self.params.muon, averaged_params=self.params.averaged, amp_bytes=amp.itemsize if amp else None, grad_accum=grad_accum,
-            world_size=self.world_size, runtime=self.runtime, cpu_heap=self.device.type == "cpu",
+            muon_params=self.params.muon, averaged_params=self.params.averaged,
+            amp_bytes=amp.itemsize if amp else None, grad_accum=grad_accum, world_size=self.world_size,
+            runtime=self.runtime, cpu_heap=self.device.type == "cpu",
             sharded=self.strategy == "fsdp", checkpointed=self.activation_checkpointing,
             # FSDP on a GPU gathers the weights in the autocast dtype (parallel.shard's mixed-precision policy)
             low_precision_params=self.strategy == "fsdp" and self.device.type == "cuda" and amp is not None)

@@ -57,8 +57,7 @@ class WeightAverage:
                 torch._foreach_copy_(self.params, own)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates,
-                "average": dict(zip(self.names, self.average))}
+        return {"updates": self.updates, "average": dict(zip(self.names, self.average))}
 
     def load_state_dict(self, state: dict) -> None:
         saved = state["average"]

@@ -33,9 +33,9 @@ from gpt2lab.train.batch import (StepMemory, auto_batch_size, choose_strategy, g
                                  with_batch_size)
 from gpt2lab.train.checkpointing import (Checkpointer, NonFiniteState, OptionalState, SameOnEveryRank, StepCounter,
                                          model_source, resume_point)
+from gpt2lab.train.config import AUTO, TrainConfig, to_toml
 from gpt2lab.train.console import StepPrinter, StopSignals
 from gpt2lab.train.ema import WeightAverage
-from gpt2lab.train.config import AUTO, TrainConfig, to_toml
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer
 from gpt2lab.train.parallel import ParallelModel, check_strategy
