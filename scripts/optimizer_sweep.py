@@ -160,6 +160,13 @@ ARMS: dict[str, list[str]] = {
     "sr-250-steps-polar-express-ema-0.98": muon(**{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250,
                                                 schedule__decay_fraction=1.0,
                                                 optim__muon_ns_coefficients="polar_express", optim__ema=0.98),
+    # the data options (issue 25's second part): short contexts first (32 tokens for steps 0-149, 64 for 150-299,
+    # then 128; the same tokens per step), and rows that begin at document starts (39 plays here: nearly a no-op)
+    "sr-seq-len-warmup-32-300": muon(**FINAL, data__seq_len_warmup_steps=300, data__seq_len_start=32),
+    "sr-align-to-documents": muon(**FINAL, data__align_to_documents="true"),
+    "sr-polar-normuon-ema-seq-len-warmup-32-300": muon(**FINAL, optim__muon_ns_coefficients="polar_express",
+                                                       optim__muon_normuon="true", optim__ema=0.99,
+                                                       data__seq_len_warmup_steps=300, data__seq_len_start=32),
 }
 # The ladder's second rung (issue 25): the same data, steps and tokens with a model 8 layers x 256 wide (64-dim heads as
 # GPT-2's; ~2.5x the demo's FLOPs per token), two LRs for each optimizer: AdamW alone around its demo best (1e-3),

@@ -21,8 +21,9 @@ TINY = {
 }
 
 
-def write_dataset(path, train_tokens=20_000, val_tokens=2_000, seed=0, **manifest_overrides):
-    """A learnable stream: mostly a fixed cycle over 97 token ids, 10 % random tokens, EOT-prefixed documents."""
+def write_dataset(path, train_tokens=20_000, val_tokens=2_000, seed=0, document_tokens=0, **manifest_overrides):
+    """A learnable stream: mostly a fixed cycle over 97 token ids, 10 % random tokens, EOT-prefixed documents (one
+    per split, or of 1 to 2 x `document_tokens` tokens each)."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     splits = {}
@@ -31,6 +32,9 @@ def write_dataset(path, train_tokens=20_000, val_tokens=2_000, seed=0, **manifes
         noise = rng.random(n) < 0.1
         tokens[noise] = rng.integers(0, 50257, noise.sum())
         tokens[0] = 50256
+        if document_tokens:
+            starts = np.cumsum(rng.integers(document_tokens, 2 * document_tokens, n // document_tokens))
+            tokens[starts[starts < n]] = 50256
         name = f"{split}_000000.bin"
         tokens.astype("<u2").tofile(path / name)
         sha256 = hashlib.sha256((path / name).read_bytes()).hexdigest()  # what prepare records: runs verify it

@@ -49,6 +49,10 @@ class DataSection:
     shuffle: bool = True
     seed: int = 1337
     verify: bool = True  # check every shard's sha256 against the manifest when a run starts or resumes
+    # issue 25's data options (docs/muon.md has their ablation), off by default
+    align_to_documents: bool = False  # each row begins at a document's <|endoftext|> where it costs < a row
+    seq_len_warmup_steps: int = 0  # short contexts first: seq_len_start, doubling, until data.seq_len at this step
+    seq_len_start: int = 0  # the first steps' context (data.seq_len / a power of two); 0: no warm-up
 
 
 @dataclass

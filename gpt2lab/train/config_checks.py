@@ -34,6 +34,7 @@ def validate(config: TrainConfig, given=()) -> None:
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]}")
     optim, schedule = config.optim, config.schedule
+    _check_seq_len_warmup(config.data, schedule)
     _check_optimizer(optim, given)
     _check_speedrun_options(optim, schedule)
     if schedule.name not in ("cosine", "wsd"):
@@ -51,6 +52,24 @@ def validate(config: TrainConfig, given=()) -> None:
         raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
     if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
         raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
+
+
+def _check_seq_len_warmup(data, schedule) -> None:
+    """Short contexts first (schedule.seq_len_at): a start that halves data.seq_len a whole number of times, a
+    warm-up inside the run."""
+    warmup, start, full = data.seq_len_warmup_steps, data.seq_len_start, data.seq_len
+    if not warmup and not start:
+        return
+    if warmup <= 0 or start <= 0:
+        raise ConfigError(f"a sequence-length warm-up needs both data.seq_len_warmup_steps and data.seq_len_start "
+                          f"positive (got {warmup} and {start}); set both, or both to 0 for none")
+    ratio = full // start
+    if start >= full or full % start or ratio & (ratio - 1):
+        raise ConfigError(f"data.seq_len_start must be data.seq_len ({full}) divided by a power of two, e.g. "
+                          f"{max(full // 4, 1)}, got {start}")
+    if warmup > schedule.max_steps:
+        raise ConfigError(f"data.seq_len_warmup_steps ({warmup}) must not exceed schedule.max_steps "
+                          f"({schedule.max_steps}); shorten the warm-up")
 
 
 # Every optimizer key's allowed range, checked here so that a bad value is one line naming the key rather than

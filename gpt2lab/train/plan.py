@@ -238,6 +238,13 @@ def _add_notes(plan: Plan, local: int) -> None:
                      f" on {plan.device.name}; lower data.batch_size (gradient accumulation keeps the step's tokens) "
                      f"or set it to \"auto\"" + ("" if plan.strategy == "fsdp" or plan.world_size == 1 else
                                                   ", or shard the model: parallel.strategy = \"fsdp\""))
+    if cfg.data.align_to_documents:
+        notes.append("data.align_to_documents: rows skip the document tails they cut, so an epoch is shorter than "
+                     "counted here (the run's log says by how much)")
+    if cfg.data.seq_len_warmup_steps:
+        notes.append(f"sequence-length warm-up ({cfg.data.seq_len_start} -> {cfg.data.seq_len} over "
+                     f"{cfg.data.seq_len_warmup_steps:,} steps): memory is estimated at the full length, the "
+                     f"largest; a step's tokens are the same at every length")
     if plan.epochs is not None and plan.epochs > 1:
         notes.append(f"the run reads the training data {plan.epochs:.1f} times (epochs > 1)")
     if cfg.runtime.compile and plan.device.type == "cuda":

@@ -1,9 +1,10 @@
-"""Learning-rate schedules: linear warmup, then cosine decay or warmup-stable-decay (a constant LR and a final
-linear cool-down), to a floor. Every param group follows the same multiplier curve scaled to its own peak."""
+"""Schedules, each a function of the step alone (so a resumed run follows them exactly): learning rates (linear
+warmup, then cosine decay or warmup-stable-decay, to a floor; every param group follows the same multiplier curve
+scaled to its own peak), Muon's momentum warmup, and the sequence-length warm-up."""
 
 import math
 
-from gpt2lab.train.config import OptimSection, ScheduleSection
+from gpt2lab.train.config import DataSection, OptimSection, ScheduleSection
 from gpt2lab.train.muon import Muon
 
 
@@ -55,3 +56,15 @@ def set_lr(optimizer, step: int, optim: OptimSection, schedule: ScheduleSection)
         if Muon.owns(group):
             group["momentum"] = muon_momentum_at(step, optim)
     return lr_at(step, optim, schedule)
+
+
+def seq_len_at(step: int, data: DataSection) -> int:
+    """The context length step `step` trains on. With a warm-up, data.seq_len_start doubling in equal stages until
+    data.seq_len at data.seq_len_warmup_steps (32 -> 128 over 300 steps: 32 for steps 0-149, 64 for 150-299).
+    A step's tokens stay the same: its (B, T) micro-batches are cut into (B x T / t, t) rows (`in_rows_of`), so
+    the data order, the loader's position and the step's memory bound (at data.seq_len) are unchanged."""
+    warmup = data.seq_len_warmup_steps
+    if step >= warmup:
+        return data.seq_len
+    stages = (data.seq_len // data.seq_len_start).bit_length() - 1  # doublings until the full length
+    return data.seq_len_start << (step * stages // warmup)

@@ -105,3 +105,10 @@ def repeat(batch) -> Iterator:
     """The same (x, y) batch again and again: what a benchmark or a trial step trains on."""
     while True:
         yield batch
+
+
+def in_rows_of(batches: Iterator, length: int) -> Iterator:
+    """The (x, y) batches cut into rows of `length` tokens: the same tokens and targets, shorter contexts (the
+    sequence-length warm-up, schedule.seq_len_at). `length` must divide the batches' sequence length."""
+    for x, y in batches:
+        yield x.reshape(-1, length), y.reshape(-1, length)

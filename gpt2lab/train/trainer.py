@@ -39,8 +39,8 @@ from gpt2lab.train.ema import WeightAverage
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer
 from gpt2lab.train.parallel import ParallelModel, check_strategy
-from gpt2lab.train.schedule import set_lr
-from gpt2lab.train.step import NonFiniteStep, TrainStep
+from gpt2lab.train.schedule import seq_len_at, set_lr
+from gpt2lab.train.step import NonFiniteStep, TrainStep, in_rows_of
 from gpt2lab.train.trackers import check_trackers, make_sinks
 
 # `peak_mem_mb` (the measured peak, to hold against `gpt2lab train --dry-run`'s estimate) is logged on the first
@@ -216,7 +216,11 @@ class Trainer:
         # The train loader knows the step size (processes x accumulation), so each step takes the same chunks
         # whatever the split between processes and micro-steps.
         train = TokenLoader(data.dir, "train", data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
-                            data.shuffle, grad_accum=self.grad_accum)
+                            data.shuffle, grad_accum=self.grad_accum, align_to_documents=data.align_to_documents)
+        if data.align_to_documents:
+            self.log(f"data.align_to_documents: rows begin at document starts; {train.tokens_kept:.1%} of the train "
+                     f"tokens are in rows (the rest are document tails skipped), {train.steps_per_epoch:,} "
+                     f"steps per epoch")
         val = validation_loader(data.dir, data.batch_size, data.seq_len, ctx.rank, ctx.world_size, data.seed,
                                 required=evals.val_every > 0, log=self.log) if evals.val_batches else None
         return train, val
@@ -323,7 +327,7 @@ class Trainer:
                 while self.step < max_steps:
                     timer.start()
                     try:
-                        result = self.train_step(self.step, batches)
+                        result = self.train_step(self.step, self._step_batches(batches))
                     except NonFiniteStep as e:
                         raise self._diverged(self.step + 1, e.loss, e.grad_norm) from None
                     timing = timer.stop(cfg.data.total_batch_tokens)
@@ -345,6 +349,11 @@ class Trainer:
         self.log(f"done: step {self.step}, loss {loss:.4f}, val loss {val_loss:.4f}; "
                  f"model in {self.run_dir.checkpoint_dir(self.step)}")
         return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s())
+
+    def _step_batches(self, batches):
+        """This step's micro-batches: in shorter rows during a sequence-length warm-up."""
+        length = seq_len_at(self.step, self.config.data)
+        return batches if length == self.config.data.seq_len else in_rows_of(batches, length)
 
     def _periodic(self, max_steps: int):
         """Evaluation, samples and checkpoints due after the step just done; returns the val loss if computed."""

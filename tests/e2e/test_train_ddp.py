@@ -120,15 +120,17 @@ def test_ranks_share_the_orthogonalisation_and_agree_with_one_process(tmp_path):
             assert torch.equal(got, expected.detach())
 
 
-# issue 25's Muon options, all on: NorMuon's per-neuron statistics are computed by every rank from the broadcast
-# updates, so ranks and the one-process run must agree
+# issue 25's options, all on: NorMuon's per-neuron statistics are computed by every rank from the broadcast
+# updates, document-aligned rows and the sequence-length warm-up (8 tokens for steps 0-1) must give each step the
+# same rows whatever the split between processes and micro-steps, so ranks and the one-process run must agree
 SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
-                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=2, optim__ema=0.9)
+                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=2, optim__ema=0.9,
+                data__align_to_documents="true", data__seq_len_warmup_steps=2, data__seq_len_start=8)
 
 
 @pytest.mark.parametrize("options", [{}, SPEEDRUN], ids=["plain", "speedrun-options"])
 def test_torchrun_two_processes_with_muon_match_one_process_with_accumulation(tmp_path, options):
-    data = write_dataset(tmp_path / "data", train_tokens=11 * 32 + 1)
+    data = write_dataset(tmp_path / "data", train_tokens=11 * 32 + 1 if not options else 2_000, document_tokens=12)
     flags = cli_flags(data, data__batch_size=2, data__total_batch_tokens=64, schedule__max_steps=3,
                       optim__name="muon", **options)
     single = run_cli("train", "--out", tmp_path / "single", *flags)

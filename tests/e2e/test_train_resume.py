@@ -21,11 +21,20 @@ RESUMABLE = dict(data__total_batch_tokens=256, schedule__max_steps=20, checkpoin
                  eval__val_every=10)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_sigkilled_run_resumes_bit_identically(tmp_path, optimizer):
+# issue 25's options, all on: the weights' average is in the checkpoint; the momentum and sequence-length
+# warm-ups (4 tokens for steps 0-7, 8 for 8-15: the kill lands in the second stage) are functions of the step; the
+# document-aligned rows are the loader's position
+ISSUE_25 = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
+                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=12, optim__ema=0.9,
+                data__align_to_documents="true", data__seq_len_warmup_steps=16, data__seq_len_start=4)
+
+
+@pytest.mark.parametrize("optimizer, options", [("adamw", {}), ("muon", {}), ("muon", ISSUE_25)],
+                         ids=["adamw", "muon", "muon-issue-25-options"])
+def test_sigkilled_run_resumes_bit_identically(tmp_path, optimizer, options):
     """Muon too: its momentum buffers are in the checkpoint (a lost buffer changes every later loss)."""
-    data = write_dataset(tmp_path / "data")
-    flags = cli_flags(data, optim__name=optimizer, **RESUMABLE)
+    data = write_dataset(tmp_path / "data", document_tokens=20 if options else 0)
+    flags = cli_flags(data, optim__name=optimizer, **RESUMABLE, **options)
     straight = tmp_path / "straight"
     assert run_cli("train", "--out", straight, *flags).returncode == 0
 
