@@ -164,6 +164,10 @@ ARMS: dict[str, list[str]] = {
     # then 128; the same tokens per step), and rows that begin at document starts (39 plays here: nearly a no-op)
     "sr-seq-len-warmup-32-300": muon(**FINAL, data__seq_len_warmup_steps=300, data__seq_len_start=32),
     "sr-align-to-documents": muon(**FINAL, data__align_to_documents="true"),
+    # fewer tokens per step first: micro-batches of 4 x 128 (2 per full step of 1,024 tokens), one of them per step
+    # for steps 0-299 (153,600 fewer tokens in all, 17 %)
+    "sr-batch-warmup-512-300": muon(**FINAL, data__batch_size=4, data__batch_warmup_steps=300,
+                                    data__batch_start_tokens=512),
     "sr-polar-normuon-ema-seq-len-warmup-32-300": muon(**FINAL, optim__muon_ns_coefficients="polar_express",
                                                        optim__muon_normuon="true", optim__ema=0.99,
                                                        data__seq_len_warmup_steps=300, data__seq_len_start=32),

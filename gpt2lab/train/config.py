@@ -53,6 +53,8 @@ class DataSection:
     align_to_documents: bool = False  # each row begins at a document's <|endoftext|> where it costs < a row
     seq_len_warmup_steps: int = 0  # short contexts first: seq_len_start, doubling, until data.seq_len at this step
     seq_len_start: int = 0  # the first steps' context (data.seq_len / a power of two); 0: no warm-up
+    batch_warmup_steps: int = 0  # fewer tokens per step first: batch_start_tokens, doubling, until total_batch_tokens
+    batch_start_tokens: int = 0  # the first steps' tokens (total_batch_tokens / a power of two); 0: no warm-up
 
 
 @dataclass

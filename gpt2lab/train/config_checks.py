@@ -25,6 +25,9 @@ def validate(config: TrainConfig, given=()) -> None:
             raise ConfigError(f"data.batch_size = \"auto\" chooses the accumulation itself (keeping "
                               f"data.total_batch_tokens), but data.grad_accum is {config.data.grad_accum}; drop "
                               f"data.grad_accum or give data.batch_size a number")
+        if config.data.batch_warmup_steps:
+            raise ConfigError("data.batch_size = \"auto\" does not yet choose a micro-batch that also divides a "
+                              "batch-size warm-up's first steps; give data.batch_size a number")
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {flat[key]}")
@@ -34,7 +37,7 @@ def validate(config: TrainConfig, given=()) -> None:
         if flat[key] < 0:
             raise ConfigError(f"{key} must not be negative, got {flat[key]}")
     optim, schedule = config.optim, config.schedule
-    _check_seq_len_warmup(config.data, schedule)
+    _check_warmups(config.data, schedule)
     _check_optimizer(optim, given)
     _check_speedrun_options(optim, schedule)
     if schedule.name not in ("cosine", "wsd"):
@@ -54,22 +57,24 @@ def validate(config: TrainConfig, given=()) -> None:
         raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
 
 
-def _check_seq_len_warmup(data, schedule) -> None:
-    """Short contexts first (schedule.seq_len_at): a start that halves data.seq_len a whole number of times, a
-    warm-up inside the run."""
-    warmup, start, full = data.seq_len_warmup_steps, data.seq_len_start, data.seq_len
-    if not warmup and not start:
-        return
-    if warmup <= 0 or start <= 0:
-        raise ConfigError(f"a sequence-length warm-up needs both data.seq_len_warmup_steps and data.seq_len_start "
-                          f"positive (got {warmup} and {start}); set both, or both to 0 for none")
-    ratio = full // start
-    if start >= full or full % start or ratio & (ratio - 1):
-        raise ConfigError(f"data.seq_len_start must be data.seq_len ({full}) divided by a power of two, e.g. "
-                          f"{max(full // 4, 1)}, got {start}")
-    if warmup > schedule.max_steps:
-        raise ConfigError(f"data.seq_len_warmup_steps ({warmup}) must not exceed schedule.max_steps "
-                          f"({schedule.max_steps}); shorten the warm-up")
+def _check_warmups(data, schedule) -> None:
+    """The sequence-length and batch-size warm-ups (schedule.seq_len_at, batch_tokens_at): a start that halves the
+    full value a whole number of times, a warm-up inside the run."""
+    for steps_key, start_key, full_key in [("seq_len_warmup_steps", "seq_len_start", "seq_len"),
+                                           ("batch_warmup_steps", "batch_start_tokens", "total_batch_tokens")]:
+        warmup, start, full = (getattr(data, k) for k in (steps_key, start_key, full_key))
+        if not warmup and not start:
+            continue
+        if warmup <= 0 or start <= 0:
+            raise ConfigError(f"a warm-up needs both data.{steps_key} and data.{start_key} positive (got {warmup} "
+                              f"and {start}); set both, or both to 0 for none")
+        ratio = full // start
+        if start >= full or full % start or ratio & (ratio - 1):
+            raise ConfigError(f"data.{start_key} must be data.{full_key} ({full}) divided by a power of two, e.g. "
+                              f"{max(full // 4, 1)}, got {start}")
+        if warmup > schedule.max_steps:
+            raise ConfigError(f"data.{steps_key} ({warmup}) must not exceed schedule.max_steps "
+                              f"({schedule.max_steps}); shorten the warm-up")
 
 
 # Every optimizer key's allowed range, checked here so that a bad value is one line naming the key rather than

@@ -25,6 +25,7 @@ from gpt2lab.runtime.hardware import DeviceSpec, device_spec, planned_device
 from gpt2lab.train.batch import (GPU_USABLE, ParameterCounts, StepMemory, choose_batch_size, choose_strategy,
                                  grad_accum_steps, parameter_counts, runtime_bytes)
 from gpt2lab.train.config import AUTO, TrainConfig
+from gpt2lab.train.schedule import tokens_of_steps
 
 # Assumed model FLOPs utilisation when --assume-mfu is not given, with where the number comes from.
 DEFAULT_MFU = {"cuda": (0.35, "llm.c's 8xH100 GPT-2 124M run measured 37 %"),
@@ -94,13 +95,15 @@ class Plan:
 
     @property
     def total_tokens(self) -> int:
-        return self.tokens_per_step * self.config.schedule.max_steps
+        """As the trainer counts them: fewer than steps x tokens per step with a batch-size warm-up."""
+        return tokens_of_steps(self.config.schedule.max_steps, self.config.data)
 
     @property
     def est_total_seconds(self) -> float | None:
         if self.est_step_seconds is None:
             return None
-        return self.est_step_seconds * self.config.schedule.max_steps + (self.est_eval_seconds or 0.0)
+        full_steps = self.total_tokens / self.tokens_per_step  # a warm-up's small steps take less time
+        return self.est_step_seconds * full_steps + (self.est_eval_seconds or 0.0)
 
     def _fits(self, per_process: int) -> bool | None:
         local = self.world_size if self.device.type == "cpu" else 1
@@ -220,7 +223,7 @@ def _add_data(plan: Plan) -> None:
     if steps_per_epoch == 0:
         raise GPT2LabError(f"{cfg.data.dir} has {plan.data_tokens:,} train tokens, too few for one step of "
                            f"{plan.tokens_per_step:,}; lower data.total_batch_tokens or prepare more data")
-    plan.epochs = cfg.schedule.max_steps / steps_per_epoch
+    plan.epochs = plan.total_tokens / (steps_per_epoch * plan.tokens_per_step)
 
 
 def checkpoint_bytes(params: ParameterCounts, arch: GPTConfig) -> int:
@@ -241,6 +244,10 @@ def _add_notes(plan: Plan, local: int) -> None:
     if cfg.data.align_to_documents:
         notes.append("data.align_to_documents: rows skip the document tails they cut, so an epoch is shorter than "
                      "counted here (the run's log says by how much)")
+    if cfg.data.batch_warmup_steps:
+        notes.append(f"batch-size warm-up ({cfg.data.batch_start_tokens:,} -> {cfg.data.total_batch_tokens:,} tokens "
+                     f"per step over {cfg.data.batch_warmup_steps:,} steps): the same micro-batch, fewer micro-steps "
+                     f"early; the token and time totals count them")
     if cfg.data.seq_len_warmup_steps:
         notes.append(f"sequence-length warm-up ({cfg.data.seq_len_start} -> {cfg.data.seq_len} over "
                      f"{cfg.data.seq_len_warmup_steps:,} steps): memory is estimated at the full length, the "

@@ -1,6 +1,6 @@
 """Schedules, each a function of the step alone (so a resumed run follows them exactly): learning rates (linear
 warmup, then cosine decay or warmup-stable-decay, to a floor; every param group follows the same multiplier curve
-scaled to its own peak), Muon's momentum warmup, and the sequence-length warm-up."""
+scaled to its own peak), Muon's momentum warmup, and the sequence-length and batch-size warm-ups."""
 
 import math
 
@@ -63,8 +63,27 @@ def seq_len_at(step: int, data: DataSection) -> int:
     data.seq_len at data.seq_len_warmup_steps (32 -> 128 over 300 steps: 32 for steps 0-149, 64 for 150-299).
     A step's tokens stay the same: its (B, T) micro-batches are cut into (B x T / t, t) rows (`in_rows_of`), so
     the data order, the loader's position and the step's memory bound (at data.seq_len) are unchanged."""
-    warmup = data.seq_len_warmup_steps
+    return _doubling(step, data.seq_len_start, data.seq_len, data.seq_len_warmup_steps)
+
+
+def batch_tokens_at(step: int, data: DataSection) -> int:
+    """The tokens step `step` trains on. With a batch-size warm-up, data.batch_start_tokens doubling in equal
+    stages until data.total_batch_tokens at data.batch_warmup_steps: early steps take fewer micro-steps of the
+    same micro-batch, so the loader reads the same chunk sequence (a step takes the next ones) and the memory of a
+    micro-step is the same. Every stage is a multiple of the first, so any processes x accumulation that divides
+    the first step divides them all."""
+    return _doubling(step, data.batch_start_tokens, data.total_batch_tokens, data.batch_warmup_steps)
+
+
+def tokens_of_steps(steps: int, data: DataSection) -> int:
+    """The tokens of steps 0 ... steps - 1 (a function of the schedule alone: the planner's and the log's count)."""
+    warm = min(steps, data.batch_warmup_steps)
+    return sum(batch_tokens_at(s, data) for s in range(warm)) + (steps - warm) * data.total_batch_tokens
+
+
+def _doubling(step: int, start: int, full: int, warmup: int) -> int:
+    """`start` doubling in equal stages over `warmup` steps until `full` (full / start: a power of two)."""
     if step >= warmup:
-        return data.seq_len
-    stages = (data.seq_len // data.seq_len_start).bit_length() - 1  # doublings until the full length
-    return data.seq_len_start << (step * stages // warmup)
+        return full
+    stages = (full // start).bit_length() - 1  # doublings until the full value
+    return start << (step * stages // warmup)

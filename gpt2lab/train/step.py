@@ -1,12 +1,13 @@
 """The training step, written once: the trainer, `gpt2lab bench`, the planner's trial and the scripts all run it.
 
-    step(i, batches):  every group's LR for step i  ->  zero the gradients  ->  grad_accum micro-steps (forward
-                       in the autocast precision, loss / grad_accum, backward; gradients sync on the last only)
+    step(i, batches):  every group's LR for step i  ->  zero the gradients  ->  grad_accum micro-steps (fewer
+                       early in a batch-size warm-up: forward in the autocast precision, loss / micro-steps,
+                       backward; gradients sync on the last only)
                        ->  the mean loss over processes  ->  unscale (fp16)  ->  clip the global norm  ->  refuse a
                        non-finite loss or norm  ->  optimizer step (through the GradScaler under fp16)  ->
                        the weights' moving average, if any (ema.py)
 
-Each micro-loss is divided by grad_accum, so the summed gradient is the gradient of the mean loss over the whole
+Each micro-loss is divided by the step's micro-steps, so the summed gradient is the gradient of the mean loss over the whole
 step's tokens, exactly as one big batch would give.
 """
 
@@ -61,10 +62,11 @@ class TrainStep:
         self.schedule, self.loss_fn, self.average = schedule, loss_fn, average
         self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
 
-    def __call__(self, step: int, batches: Iterator) -> StepResult:
+    def __call__(self, step: int, batches: Iterator, micro_steps: int | None = None) -> StepResult:
+        """micro_steps: this step's, if not grad_accum (a batch-size warm-up's smaller steps)."""
         lr = self.schedule(step) if self.schedule is not None else None
         self.optimizer.zero_grad(set_to_none=True)
-        loss_t = self.forward_backward(batches)
+        loss_t = self.forward_backward(batches, micro_steps)
         distributed.all_reduce_mean(loss_t)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -85,17 +87,18 @@ class TrainStep:
             self.average.update()
         return StepResult(loss, norm, lr)
 
-    def forward_backward(self, batches: Iterator) -> torch.Tensor:
-        """The micro-steps: forward and backward over `grad_accum` batches from `batches`; gradients accumulate.
-        Returns the mean loss (detached) over them, on this process."""
+    def forward_backward(self, batches: Iterator, micro_steps: int | None = None) -> torch.Tensor:
+        """The micro-steps: forward and backward over `micro_steps` (default grad_accum) batches from `batches`;
+        gradients accumulate. Returns the mean loss (detached) over them, on this process."""
+        micro_steps = micro_steps or self.grad_accum
         loss_sum = torch.zeros((), device=self.device)
-        for micro_step in range(self.grad_accum):
+        for micro_step in range(micro_steps):
             x, y = next(batches)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.model.sync_gradients(micro_step == self.grad_accum - 1):
+            with self.model.sync_gradients(micro_step == micro_steps - 1):
                 with autocast(self.device, self.amp_dtype):
                     loss = self.loss_fn(self.model, x, y)
-                loss = loss / self.grad_accum
+                loss = loss / micro_steps
                 loss_sum += loss.detach()
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss_sum

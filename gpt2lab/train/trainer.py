@@ -39,7 +39,7 @@ from gpt2lab.train.ema import WeightAverage
 from gpt2lab.train.metrics import MetricsLog, StepTimer
 from gpt2lab.train.optim import describe_optimizer, make_optimizer
 from gpt2lab.train.parallel import ParallelModel, check_strategy
-from gpt2lab.train.schedule import seq_len_at, set_lr
+from gpt2lab.train.schedule import batch_tokens_at, seq_len_at, set_lr
 from gpt2lab.train.step import NonFiniteStep, TrainStep, in_rows_of
 from gpt2lab.train.trackers import check_trackers, make_sinks
 
@@ -111,6 +111,7 @@ class Trainer:
         self.config = cfg = config  # the resolved config: what config.toml records and a resume compares with
         self.grad_accum = grad_accum_steps(cfg.data.total_batch_tokens, cfg.data.batch_size, cfg.data.seq_len,
                                            self.ctx.world_size, cfg.data.grad_accum)
+        self._check_batch_warmup()
         self.train_loader, self.val_loader = self._make_loaders()
         self._check_memory(step_memory)
         optimizer = make_optimizer(self.raw_model, cfg.optim, self.device)
@@ -327,10 +328,11 @@ class Trainer:
                 while self.step < max_steps:
                     timer.start()
                     try:
-                        result = self.train_step(self.step, self._step_batches(batches))
+                        tokens = batch_tokens_at(self.step, cfg.data)
+                        result = self.train_step(self.step, self._step_batches(batches), self._micro_steps(tokens))
                     except NonFiniteStep as e:
                         raise self._diverged(self.step + 1, e.loss, e.grad_norm) from None
-                    timing = timer.stop(cfg.data.total_batch_tokens)
+                    timing = timer.stop(tokens)
                     self.counter.step += 1
                     loss = result.loss
                     self._log_step(printer, result, timing)
@@ -349,6 +351,19 @@ class Trainer:
         self.log(f"done: step {self.step}, loss {loss:.4f}, val loss {val_loss:.4f}; "
                  f"model in {self.run_dir.checkpoint_dir(self.step)}")
         return TrainResult(self.step, loss, val_loss, timer.steady_tokens_per_s())
+
+    def _check_batch_warmup(self) -> None:
+        """A batch-size warm-up's first step must still be whole micro-steps on every process."""
+        data = self.config.data
+        per_micro_step = data.batch_size * data.seq_len * self.ctx.world_size
+        if data.batch_warmup_steps and data.batch_start_tokens % per_micro_step:
+            raise GPT2LabError(f"data.batch_start_tokens ({data.batch_start_tokens:,}) is not a multiple of "
+                           f"data.batch_size x data.seq_len x world size ({data.batch_size} x {data.seq_len} x "
+                           f"{self.ctx.world_size} = {per_micro_step:,}); raise it, or lower data.batch_size")
+
+    def _micro_steps(self, tokens: int) -> int:
+        """Micro-steps of a step of `tokens` tokens: all of them but early in a batch-size warm-up."""
+        return self.grad_accum * tokens // self.config.data.total_batch_tokens
 
     def _step_batches(self, batches):
         """This step's micro-batches: in shorter rows during a sequence-length warm-up."""

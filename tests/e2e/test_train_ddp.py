@@ -121,18 +121,20 @@ def test_ranks_share_the_orthogonalisation_and_agree_with_one_process(tmp_path):
 
 
 # issue 25's options, all on: NorMuon's per-neuron statistics are computed by every rank from the broadcast
-# updates, document-aligned rows and the sequence-length warm-up (8 tokens for steps 0-1) must give each step the
-# same rows whatever the split between processes and micro-steps, so ranks and the one-process run must agree
+# updates; document-aligned rows and the sequence-length and batch-size warm-ups (8-token rows and 64-token steps
+# for steps 0-1: 2 micro-steps of 32 alone, 1 on each of 2 processes) must give each step the same rows whatever
+# the split between processes and micro-steps, so ranks and the one-process run must agree
 SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
                 optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=2, optim__ema=0.9,
-                data__align_to_documents="true", data__seq_len_warmup_steps=2, data__seq_len_start=8)
+                data__align_to_documents="true", data__seq_len_warmup_steps=2, data__seq_len_start=8,
+                data__total_batch_tokens=128, data__batch_warmup_steps=2, data__batch_start_tokens=64)
 
 
 @pytest.mark.parametrize("options", [{}, SPEEDRUN], ids=["plain", "speedrun-options"])
 def test_torchrun_two_processes_with_muon_match_one_process_with_accumulation(tmp_path, options):
     data = write_dataset(tmp_path / "data", train_tokens=11 * 32 + 1 if not options else 2_000, document_tokens=12)
-    flags = cli_flags(data, data__batch_size=2, data__total_batch_tokens=64, schedule__max_steps=3,
-                      optim__name="muon", **options)
+    flags = cli_flags(data, **{"data__batch_size": 2, "data__total_batch_tokens": 64, "schedule__max_steps": 3,
+                               "optim__name": "muon", **options})
     single = run_cli("train", "--out", tmp_path / "single", *flags)
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -140,7 +142,8 @@ def test_torchrun_two_processes_with_muon_match_one_process_with_accumulation(tm
                           "-m", "gpt2lab", "train", "--out", str(tmp_path / "ddp"), *map(str, flags)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    assert "x 2 process(es) x 1 micro-steps" in ddp.stdout and "optimizer: Muon" in ddp.stdout
+    micro_steps = 2 if options else 1  # 128 or 64 tokens per full step
+    assert f"x 2 process(es) x {micro_steps} micro-steps" in ddp.stdout and "optimizer: Muon" in ddp.stdout
     got, expected = losses(tmp_path / "ddp"), losses(tmp_path / "single")
     assert sorted(got) == sorted(expected) == [1, 2, 3]
     for step in expected:

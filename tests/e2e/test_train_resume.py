@@ -21,12 +21,13 @@ RESUMABLE = dict(data__total_batch_tokens=256, schedule__max_steps=20, checkpoin
                  eval__val_every=10)
 
 
-# issue 25's options, all on: the weights' average is in the checkpoint; the momentum and sequence-length
-# warm-ups (4 tokens for steps 0-7, 8 for 8-15: the kill lands in the second stage) are functions of the step; the
-# document-aligned rows are the loader's position
+# issue 25's options, all on: the weights' average is in the checkpoint; the momentum, sequence-length and batch-size
+# warm-ups (4-token rows and 64-token steps for steps 0-7, 8 and 128 for 8-15: the kill lands in the second stage)
+# are functions of the step; the document-aligned rows are the loader's position
 ISSUE_25 = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
                 optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=12, optim__ema=0.9,
-                data__align_to_documents="true", data__seq_len_warmup_steps=16, data__seq_len_start=4)
+                data__align_to_documents="true", data__seq_len_warmup_steps=16, data__seq_len_start=4,
+                data__batch_warmup_steps=16, data__batch_start_tokens=64)
 
 
 @pytest.mark.parametrize("optimizer, options", [("adamw", {}), ("muon", {}), ("muon", ISSUE_25)],

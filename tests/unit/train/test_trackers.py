@@ -67,10 +67,10 @@ def test_a_resume_tells_tensorboard_to_drop_the_steps_after_the_checkpoint(tmp_p
                          checkpoint__every=3, log__tensorboard="true")
     real = TrainStep.__call__
 
-    def dies_at_step_5(self, step, batches):
+    def dies_at_step_5(self, step, *batches_and_micro_steps):
         if step == 5 - 1:  # the index of the 5th step
             raise RuntimeError("the machine went down")
-        return real(self, step, batches)
+        return real(self, step, *batches_and_micro_steps)
 
     monkeypatch.setattr(TrainStep, "__call__", dies_at_step_5)
     with pytest.raises(RuntimeError, match="went down"):

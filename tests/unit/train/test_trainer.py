@@ -69,10 +69,10 @@ def spy_micro_steps(monkeypatch, before_step=None):
     norms = []
     real = REAL_FORWARD_BACKWARD
 
-    def forward_backward(step, batches):
+    def forward_backward(step, batches, micro_steps=None):
         if before_step is not None:
             before_step(len(norms))
-        loss = real(step, batches)
+        loss = real(step, batches, micro_steps)
         norms.append(grad_norm(step.model.parameters()))
         return loss
 
@@ -215,10 +215,10 @@ def test_autocast_precisions_run_the_forward_in_that_dtype_and_fp16_unscales(tmp
         logits_dtypes = seen.setdefault(precision, set())
         real = REAL_FORWARD_BACKWARD
 
-        def forward_backward(step, batches):
+        def forward_backward(step, batches, micro_steps=None):
             handle = step.model.raw.lm_head.register_forward_hook(lambda m, i, out: logits_dtypes.add(out.dtype))
             try:
-                return real(step, batches)
+                return real(step, batches, micro_steps)
             finally:
                 handle.remove()
 
