@@ -38,12 +38,14 @@ TABLE_STEPS = (100, 200, 300, 500, 700, 900)
 
 # What the preset sets and an arm leaves as it was before the preset changed: issue 25's options (off then), stated
 # so that every arm's command still trains what its table row measured.
-SPEEDRUN_OFF = {"optim__muon_ns_coefficients": "quintic", "optim__muon_normuon": "false", "optim__ema": 0}
+SPEEDRUN_OFF = {"optim__muon_ns_coefficients": "quintic", "optim__muon_normuon": "false", "optim__ema": 0,
+                "data__seq_len_warmup_steps": 0, "data__seq_len_start": 0}
 
 
 def adamw(lr: float, schedule: str = "cosine", **extra) -> list[str]:
     return ["--set", "optim.name=adamw", "--set", f"optim.lr={lr:g}", "--set", f"optim.min_lr={lr / 10:g}",
-            "--set", f"schedule.name={schedule}", *_sets({"optim__ema": 0, **extra})]
+            "--set", f"schedule.name={schedule}",
+            *_sets({"optim__ema": 0, "data__seq_len_warmup_steps": 0, "data__seq_len_start": 0, **extra})]
 
 
 def muon(muon_lr: float, adam_lr: float = 2e-3, split_qkv: bool = False, schedule: str = "cosine",
@@ -183,6 +185,15 @@ ARMS.update({
     "ladder-8x256-adamw-1e-3-wsd": adamw(1e-3, "wsd", **LADDER_8x256),
     "ladder-8x256-muon-0.01-adam-4e-3": muon(**{**FINAL, "adam_lr": 4e-3}, **LADDER_MUON),
     "ladder-8x256-muon-0.01-adam-8e-3": muon(**FINAL, **LADDER_MUON),
+})
+# The third rung: 12 layers x 384 (GPT-2's depth, half its width; 6 heads of 64), the same two LRs per optimizer.
+LADDER_12x384 = {"model__n_layer": 12, "model__n_head": 6, "model__n_embd": 384, "optim__ema": 0.99}
+LADDER_MUON_12x384 = {**LADDER_12x384, "optim__muon_ns_coefficients": "polar_express", "optim__muon_normuon": "true"}
+ARMS.update({
+    "ladder-12x384-adamw-5e-4-wsd": adamw(5e-4, "wsd", **LADDER_12x384),
+    "ladder-12x384-adamw-1e-3-wsd": adamw(1e-3, "wsd", **LADDER_12x384),
+    "ladder-12x384-muon-0.01-adam-4e-3": muon(**{**FINAL, "adam_lr": 4e-3}, **LADDER_MUON_12x384),
+    "ladder-12x384-muon-0.01-adam-8e-3": muon(**FINAL, **LADDER_MUON_12x384),
 })
 # the second seed of every issue-25 arm (weights and data order: SEED2), run for the arms worth keeping
 ARMS.update({f"{arm}-s2": [*flags, *_sets(SEED2)] for arm, flags in list(ARMS.items()) if arm.startswith("sr-")})

@@ -74,7 +74,8 @@ def _check_warmups(data, schedule) -> None:
                               f"{max(full // 4, 1)}, got {start}")
         if warmup > schedule.max_steps:
             raise ConfigError(f"data.{steps_key} ({warmup}) must not exceed schedule.max_steps "
-                              f"({schedule.max_steps}); shorten the warm-up")
+                              f"({schedule.max_steps}); shorten the warm-up (--set data.{steps_key}=N), or turn it "
+                              f"off (--set data.{steps_key}=0 --set data.{start_key}=0)")
 
 
 # Every optimizer key's allowed range, checked here so that a bad value is one line naming the key rather than

@@ -14,6 +14,7 @@ def test_shakespeare_cpu_preset_runs_a_few_steps_then_plot(tmp_path):
     data = write_dataset(tmp_path / "data", train_tokens=40_000, val_tokens=5_000)
     run = tmp_path / "run"
     result = run_cli("train", "--preset", "shakespeare-cpu", "--out", run, "--steps", "2",
+                     "--data.seq_len_warmup_steps", "1",  # the preset's warm-up fits 300 steps, not 2
                      "--data.dir", data, "--data.batch_size", "1", "--data.total_batch_tokens", "128", "--eval.val_batches=1", "--eval.sample_every", "2",
                      "--eval.sample_tokens", "8")
     assert result.returncode == 0, result.stderr
@@ -42,3 +43,10 @@ def test_bad_inputs_in_real_subprocesses(tmp_path):
                    "does not exist", "gpt2lab prepare")
     one_line_error(run_cli("train", "--out", tmp_path / "r", "--optim.lrr", "1"), "did you mean 'optim.lr'")
     assert not (tmp_path / "r").exists()  # nothing was created by a refused run
+
+
+def test_the_preset_shortened_below_its_warmup_says_how_to_shorten_that_too(tmp_path):
+    result = run_cli("train", "--preset", "shakespeare-cpu", "--out", tmp_path / "run", "--steps", "100")
+    one_line_error(result, "data.seq_len_warmup_steps (300) must not exceed schedule.max_steps (100)",
+                   "--set data.seq_len_warmup_steps=N")
+    assert not (tmp_path / "run").exists()
