@@ -9,9 +9,9 @@ from gpt2lab.train.config_files import read_config_file, resolve_config
 
 def test_config_layers_file_overrides_and_toml_round_trip(tmp_path):
     path = tmp_path / "my.yaml"
-    path.write_text("optim:\n  lr: 3.0e-3\nschedule:\n  max_steps: 77\n")
+    path.write_text("optim:\n  lr: 3.0e-3\nschedule:\n  max_steps: 777\n")
     config = resolve_config("shakespeare-cpu", path, [("optim.beta2", "0.99"), ("runtime.compile", "true")])
-    assert config.model.n_layer == 6 and config.optim.lr == 3e-3 and config.schedule.max_steps == 77
+    assert config.model.n_layer == 6 and config.optim.lr == 3e-3 and config.schedule.max_steps == 777
     assert config.optim.beta2 == 0.99 and config.runtime.compile is True
     (tmp_path / "saved.toml").write_text(to_toml(config))
     assert resolve_config(base=read_config_file(tmp_path / "saved.toml")) == config
