@@ -178,23 +178,22 @@ ARMS: dict[str, list[str]] = {
 # GPT-2's; ~2.5x the demo's FLOPs per token), two LRs for each optimizer: AdamW alone around its demo best (1e-3),
 # Muon at its demo best (0.01; its update is scaled by shape) with two LRs for its AdamW part (the embeddings'),
 # with the preset's Polar Express and NorMuon; every arm keeps the weights' average (a second view, no other effect).
-LADDER_8x256 = {"model__n_layer": 8, "model__n_head": 4, "model__n_embd": 256, "optim__ema": 0.99}
-LADDER_MUON = {**LADDER_8x256, "optim__muon_ns_coefficients": "polar_express", "optim__muon_normuon": "true"}
-ARMS.update({
-    "ladder-8x256-adamw-5e-4-wsd": adamw(5e-4, "wsd", **LADDER_8x256),
-    "ladder-8x256-adamw-1e-3-wsd": adamw(1e-3, "wsd", **LADDER_8x256),
-    "ladder-8x256-muon-0.01-adam-4e-3": muon(**{**FINAL, "adam_lr": 4e-3}, **LADDER_MUON),
-    "ladder-8x256-muon-0.01-adam-8e-3": muon(**FINAL, **LADDER_MUON),
-})
+
+
+def ladder_arms(n_layer: int, n_embd: int) -> dict[str, list[str]]:
+    """One rung: two LRs per optimizer at a size (64-dim heads), every arm with the weights' average."""
+    size = {"model__n_layer": n_layer, "model__n_head": n_embd // 64, "model__n_embd": n_embd, "optim__ema": 0.99}
+    with_options = {**size, "optim__muon_ns_coefficients": "polar_express", "optim__muon_normuon": "true"}
+    name = f"ladder-{n_layer}x{n_embd}"
+    return {f"{name}-adamw-5e-4-wsd": adamw(5e-4, "wsd", **size),
+            f"{name}-adamw-1e-3-wsd": adamw(1e-3, "wsd", **size),
+            f"{name}-muon-0.01-adam-4e-3": muon(**{**FINAL, "adam_lr": 4e-3}, **with_options),
+            f"{name}-muon-0.01-adam-8e-3": muon(**FINAL, **with_options)}
+
+
+ARMS.update(ladder_arms(8, 256))
 # The third rung: 12 layers x 384 (GPT-2's depth, half its width; 6 heads of 64), the same two LRs per optimizer.
-LADDER_12x384 = {"model__n_layer": 12, "model__n_head": 6, "model__n_embd": 384, "optim__ema": 0.99}
-LADDER_MUON_12x384 = {**LADDER_12x384, "optim__muon_ns_coefficients": "polar_express", "optim__muon_normuon": "true"}
-ARMS.update({
-    "ladder-12x384-adamw-5e-4-wsd": adamw(5e-4, "wsd", **LADDER_12x384),
-    "ladder-12x384-adamw-1e-3-wsd": adamw(1e-3, "wsd", **LADDER_12x384),
-    "ladder-12x384-muon-0.01-adam-4e-3": muon(**{**FINAL, "adam_lr": 4e-3}, **LADDER_MUON_12x384),
-    "ladder-12x384-muon-0.01-adam-8e-3": muon(**FINAL, **LADDER_MUON_12x384),
-})
+ARMS.update(ladder_arms(12, 384))
 # the second seed of every issue-25 arm (weights and data order: SEED2), run for the arms worth keeping
 ARMS.update({f"{arm}-s2": [*flags, *_sets(SEED2)] for arm, flags in list(ARMS.items()) if arm.startswith("sr-")})
 
