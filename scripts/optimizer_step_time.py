@@ -31,7 +31,8 @@ WINNERS = [("optim.muon_ns_coefficients", "polar_express"), ("optim.muon_normuon
 TECHNIQUES = {name: BEFORE + added for name, added in {
     "muon": [], "polar_express": WINNERS[:1], "normuon": WINNERS[1:2],
     "cautious_wd": [("optim.muon_weight_decay", "0.1"), ("optim.cautious_wd", "true")],
-    "ema": [("optim.ema", "0.99")], "winners": WINNERS}.items()}
+    "ema": [("optim.ema", "0.99")], "winners": WINNERS,
+    "adamw_cautious_wd": [("optim.adamw_cautious_wd", "true")]}.items()}
 
 
 def main() -> None:

@@ -174,6 +174,24 @@ ARMS: dict[str, list[str]] = {
                                                        optim__muon_normuon="true", optim__ema=0.99,
                                                        data__seq_len_warmup_steps=300, data__seq_len_start=32),
 }
+# Round three: single changes to the preset as it is now (PRESET_NOW); AdamW's cautious decay (issue 25's "try it for
+# the AdamW part"), no decay at all for comparison, a longer and shorter-starting context warm-up, higher LRs, a longer
+# cool-down; and the 250-step recipe with the options that won at 900 steps
+PRESET_NOW = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__ema=0.99,
+                  data__seq_len_warmup_steps=300, data__seq_len_start=32)
+ARMS.update({
+    "sr-now-adamw-cautious-wd": muon(**FINAL, **PRESET_NOW, optim__adamw_cautious_wd="true"),
+    "sr-now-adamw-wd-0": muon(**FINAL, **PRESET_NOW, optim__weight_decay=0),
+    "sr-now-seq-len-warmup-16-450": muon(**FINAL, **{**PRESET_NOW, "data__seq_len_warmup_steps": 450,
+                                                     "data__seq_len_start": 16}),
+    "sr-now-muon-0.015": muon(**{**FINAL, "muon_lr": 0.015}, **PRESET_NOW),
+    "sr-now-adam-1.2e-2": muon(**{**FINAL, "adam_lr": 1.2e-2}, **PRESET_NOW),
+    "sr-now-decay-0.3": muon(**FINAL, **PRESET_NOW, schedule__decay_fraction=0.3),
+    "sr-250-steps-polar-normuon-seq-len-warmup-32-100": muon(
+        **{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250, schedule__decay_fraction=1.0,
+        optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", data__seq_len_warmup_steps=100,
+        data__seq_len_start=32),
+})
 # The ladder's second rung (issue 25): the same data, steps and tokens with a model 8 layers x 256 wide (64-dim heads as
 # GPT-2's; ~2.5x the demo's FLOPs per token), two LRs for each optimizer: AdamW alone around its demo best (1e-3),
 # Muon at its demo best (0.01; its update is scaled by shape) with two LRs for its AdamW part (the embeddings'),

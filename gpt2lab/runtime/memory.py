@@ -96,13 +96,14 @@ def block_and_root_params(config) -> tuple[int, int]:
 
 
 def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cast_params: int, muon_params: int = 0,
-                      averaged_params: int = 0, amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1,
+                      averaged_params: int = 0, step_copies: int = 0, amp_bytes: int | None = None, grad_accum: int = 1, world_size: int = 1,
                       runtime: int = 0, cpu_heap: bool = False, sharded: bool = False,
                       low_precision_params: bool = False, checkpointed: bool = False) -> TrainingMemory:
     """The peak memory of one process's training step of a GPT-2 `config` on B x T tokens, term by term.
 
     params: all parameters; cast_params: those autocast copies (the Conv1D layers and the tied lm_head);
     muon_params: those Muon trains (the rest has AdamW); averaged_params: those with a moving average (optim.ema);
+    step_copies: those the optimizer step copies while it runs (optim.adamw_cautious_wd);
     amp_bytes: 2 under bf16/fp16 autocast, None in fp32;
     runtime: the process's own memory; cpu_heap: add the CPU heap's allowance (CPU_HEAP_SLACK); sharded: FSDP over
     world_size processes; low_precision_params: FSDP gathers weights in the amp dtype (its GPU mixed-precision
@@ -141,14 +142,15 @@ def estimate_training(config, batch_size: int, seq_len: int, *, params: int, cas
     optimizer = optimizer_state_bytes(params, muon_params, averaged_params) // shards
     muon_updates = 4 * muon_params // shards * (2 if sharded else 1)  # FSDP: the owner's whole matrices too
     backward = autocast_weights + activations + logits + held
-    step = step_gradients + muon_updates
+    step_held = muon_updates + 4 * step_copies // shards  # alive during the optimizer step only
+    step = step_gradients + step_held
     at_backward = backward >= step
     reduce_buffers = 4 * block * 2 if sharded else 0
     churn = activations + logits + 4 * params // shards + gathered  # what a step allocates and frees
     churn += int(accumulation_churn(grad_accum) * (activations + logits))
     return TrainingMemory(
         runtime=runtime, weights=weights, gradients=held if at_backward else step_gradients,
-        optimizer=optimizer + (0 if at_backward else muon_updates),
+        optimizer=optimizer + (0 if at_backward else step_held),
         autocast_weights=autocast_weights if at_backward else 0,
         activations=activations if at_backward else 0, logits=logits if at_backward else 0,
         ddp_buckets=4 * params if world_size > 1 and not sharded else 0,

@@ -63,11 +63,13 @@ class ParameterCounts:
     cast: int  # in the matmul layers, which autocast copies (the Conv1D layers and lm_head = wte)
     muon: int  # trained by Muon under optim.name = muon (0 under adamw)
     averaged: int = 0  # with a moving average (optim.ema: all of them)
+    step_copied: int = 0  # copied during the optimizer step (optim.adamw_cautious_wd: AdamW's decayed tensors)
 
 
-def parameter_counts(arch: GPTConfig, optimizer: str, averaged: bool = False) -> ParameterCounts:
+def parameter_counts(arch: GPTConfig, optimizer: str, averaged: bool = False, optim=None) -> ParameterCounts:
+    """`optim` (an OptimSection, optional): for what its options add (CautiousAdamW's copies)."""
     from gpt2lab.model.gpt import GPT, Conv1D
-    from gpt2lab.train.optim import muon_parameter_names
+    from gpt2lab.train.optim import cautious_copy_parameters, muon_parameter_names
 
     with torch.device("meta"):  # shapes only: no memory, no time
         model = GPT(arch, init_weights=False)
@@ -76,7 +78,8 @@ def parameter_counts(arch: GPTConfig, optimizer: str, averaged: bool = False) ->
     named = dict(model.named_parameters())
     muon = sum(named[n].numel() for n in muon_parameter_names(model)) if optimizer == "muon" else 0
     total = model.num_parameters()
-    return ParameterCounts(total, sum(cast.values()), muon, total if averaged else 0)
+    copied = cautious_copy_parameters(model, optim) if optim is not None else 0
+    return ParameterCounts(total, sum(cast.values()), muon, total if averaged else 0, copied)
 
 
 @dataclass
@@ -95,7 +98,7 @@ class StepMemory:
         amp = self.device.amp_dtype
         return memory.estimate_training(
             self.arch, batch_size, seq_len, params=self.params.total, cast_params=self.params.cast,
-            muon_params=self.params.muon, averaged_params=self.params.averaged,
+            muon_params=self.params.muon, averaged_params=self.params.averaged, step_copies=self.params.step_copied,
             amp_bytes=amp.itemsize if amp else None, grad_accum=grad_accum, world_size=self.world_size,
             runtime=self.runtime, cpu_heap=self.device.type == "cpu",
             sharded=self.strategy == "fsdp", checkpointed=self.activation_checkpointing,
@@ -194,7 +197,7 @@ def step_memory_of(model, config, device: torch.device, amp_dtype, ctx, measure_
     from gpt2lab.runtime.hardware import device_spec
 
     spec = device_spec(device, amp_dtype)
-    params = parameter_counts(model.config, config.optim.name, averaged=config.optim.ema > 0)
+    params = parameter_counts(model.config, config.optim.name, averaged=config.optim.ema > 0, optim=config.optim)
     runtime = 0
     if measure_runtime:
         runtime = runtime_bytes(spec, config.optim.name) - (4 * params.total if device.type == "cpu" else 0)

@@ -87,6 +87,8 @@ class OptimSection:
     # a moving average of the weights (train/ema.py), for the val loss and `gpt2lab export --ema`: its factor, in
     # (0, 1), e.g. 0.99; 0: off. Either optimizer.
     ema: float = 0.0
+    # AdamW's decay (AdamW alone, or Muon's AdamW part) only where the step and the weight agree in sign (optim.py)
+    adamw_cautious_wd: bool = False
 
 
 @dataclass

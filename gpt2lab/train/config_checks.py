@@ -140,3 +140,6 @@ def _check_speedrun_options(optim, schedule) -> None:
     if optim.cautious_wd and optim.name == "muon" and optim.muon_weight_decay == 0:
         raise ConfigError("optim.cautious_wd changes how Muon's weight decay is applied, but "
                           "optim.muon_weight_decay is 0; set it or drop optim.cautious_wd")
+    if optim.adamw_cautious_wd and optim.weight_decay == 0:
+        raise ConfigError("optim.adamw_cautious_wd changes how AdamW's weight decay is applied, but "
+                          "optim.weight_decay is 0; set it or drop optim.adamw_cautious_wd")

@@ -39,8 +39,9 @@ def make_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.de
     Each param group gets its peak LR in "lr" here; the trainer overwrites "lr" every step with the schedule
     (set_lr). The AdamW settings (lr, betas, eps, weight_decay) serve AdamW's parameters in both cases."""
     adamw = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **adamw_implementation(device))
+    AdamW = CautiousAdamW if optim.adamw_cautious_wd else torch.optim.AdamW
     if optim.name == "adamw":
-        return torch.optim.AdamW(param_groups(model, optim.weight_decay), **adamw)
+        return AdamW(param_groups(model, optim.weight_decay), **adamw)
     muon_names = set(muon_parameter_names(model))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon_settings = dict(lr=optim.muon_lr, momentum=optim.muon_momentum, nesterov=optim.muon_nesterov,
@@ -55,7 +56,45 @@ def make_optimizer(model: torch.nn.Module, optim: OptimSection, device: torch.de
         optim.muon_ns_dtype, torch.bfloat16 if native_bf16(device) else torch.float32)
     muon = Muon([g for g in groups if g["params"]], **muon_settings, ns_dtype=ns_dtype)
     rest = [p for n, p in named if n not in muon_names]
-    return CombinedOptimizer(muon=muon, adamw=torch.optim.AdamW(param_groups(model, optim.weight_decay, rest), **adamw))
+    return CombinedOptimizer(muon=muon, adamw=AdamW(param_groups(model, optim.weight_decay, rest), **adamw))
+
+
+class CautiousAdamW(torch.optim.AdamW):
+    """torch's AdamW (fused or not) whose decoupled weight decay acts only where the step and the weight agree in
+    sign, i.e. where decaying moves the weight the way the step already does (cautious weight decay, Chen et al.
+    2025, arXiv 2510.12402; Muon's version is in muon.py):  p = p0 - lr * u - lr * weight_decay * p0 * [u * p0 > 0].
+
+    torch's kernels do not expose the Adam direction u, so each step runs them without decay and reads lr * u back
+    as p0 - p, from a copy of the decayed tensors taken before: one float32 copy of those, alive during the step
+    only (the planner counts it). Where the step is skipped (fp16's GradScaler on an overflow) p = p0, nothing
+    agrees and nothing decays. The optimizer state is AdamW's, so a checkpoint loads in either class."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        decays = [group["weight_decay"] for group in self.param_groups]
+        before = [[(p, p.detach().clone()) for p in group["params"] if p.grad is not None] if decay else []
+                  for group, decay in zip(self.param_groups, decays)]
+        for group in self.param_groups:
+            group["weight_decay"] = 0.0
+        try:
+            loss = super().step(closure)
+        finally:
+            for group, decay in zip(self.param_groups, decays):
+                group["weight_decay"] = decay
+        for group, decay, pairs in zip(self.param_groups, decays, before):
+            for p, p0 in pairs:  # p0 - p = lr * u, so the sign test is the one on u (lr > 0)
+                p.sub_(p0 * ((p0 - p) * p0 > 0) * (group["lr"] * decay))
+        return loss
+
+
+def cautious_copy_parameters(model: torch.nn.Module, optim: OptimSection) -> int:
+    """How many parameters CautiousAdamW copies during a step (0 without optim.adamw_cautious_wd): the decayed
+    (>= 2-D) tensors AdamW trains, i.e. all of them under adamw and the embeddings under muon."""
+    if not optim.adamw_cautious_wd or not optim.weight_decay:
+        return 0
+    muon_names = set(muon_parameter_names(model)) if optim.name == "muon" else set()
+    return sum(p.numel() for n, p in model.named_parameters()
+               if p.requires_grad and p.dim() >= 2 and n not in muon_names)
 
 
 def describe_optimizer(model: torch.nn.Module, optim: OptimSection) -> str:

@@ -151,7 +151,7 @@ def make_plan(config: TrainConfig, device: DeviceSpec, world_size: int = 1, assu
     data = config.data
     arch.check_context(data.seq_len, "data.seq_len", "lower it or raise model.block_size")
     local = local_processes or (world_size if device.type == "cpu" else 1)
-    params = parameter_counts(arch, config.optim.name, averaged=config.optim.ema > 0)
+    params = parameter_counts(arch, config.optim.name, averaged=config.optim.ema > 0, optim=config.optim)
     step_memory = StepMemory(arch, params, device, world_size, runtime_bytes(device, config.optim.name),
                              activation_checkpointing=config.runtime.activation_checkpointing)
     strategy, reason = config.parallel.strategy, ""

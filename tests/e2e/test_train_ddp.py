@@ -126,6 +126,7 @@ def test_ranks_share_the_orthogonalisation_and_agree_with_one_process(tmp_path):
 # the split between processes and micro-steps, so ranks and the one-process run must agree
 SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
                 optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=2, optim__ema=0.9,
+                optim__adamw_cautious_wd="true",
                 data__align_to_documents="true", data__seq_len_warmup_steps=2, data__seq_len_start=8,
                 data__total_batch_tokens=128, data__batch_warmup_steps=2, data__batch_start_tokens=64)
 

@@ -64,7 +64,7 @@ def base(tmp_path_factory):
 
 # issue 25's Muon options on the sharded path: NorMuon's column statistics are all-reduced over the row shards
 SPEEDRUN = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
-                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=5)
+                optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=5, optim__adamw_cautious_wd="true")
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "muon-speedrun"])

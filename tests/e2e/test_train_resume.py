@@ -26,6 +26,7 @@ RESUMABLE = dict(data__total_batch_tokens=256, schedule__max_steps=20, checkpoin
 # are functions of the step; the document-aligned rows are the loader's position
 ISSUE_25 = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__cautious_wd="true",
                 optim__muon_weight_decay=0.1, optim__muon_momentum_warmup_steps=12, optim__ema=0.9,
+                optim__adamw_cautious_wd="true",
                 data__align_to_documents="true", data__seq_len_warmup_steps=16, data__seq_len_start=4,
                 data__batch_warmup_steps=16, data__batch_start_tokens=64)
 

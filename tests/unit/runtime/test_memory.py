@@ -92,6 +92,12 @@ def test_the_memory_terms_follow_the_optimizer_precision_accumulation_and_proces
     assert bf16.activations < adamw.activations and bf16.logits == adamw.logits  # the loss stays float32
     assert step(world_size=8).ddp_buckets == 4 * counts.total and adamw.ddp_buckets == 0
     assert step().total < memory.estimate_training(arch, 16, 128, params=counts.total, cast_params=counts.cast).total
+    # optim.adamw_cautious_wd's copies live during the optimizer step, the peak of a 1-token step
+    plain, cautious = (step(muon_params=counts.muon, step_copies=n) for n in (0, 1000))
+    tiny_plain, tiny_cautious = (memory.estimate_training(arch, 1, 1, params=counts.total, cast_params=counts.cast,
+                                                          step_copies=n) for n in (0, 1000))
+    assert tiny_cautious.optimizer - tiny_plain.optimizer == 4000 == tiny_cautious.total - tiny_plain.total
+    assert cautious.total == plain.total  # the backward pass's peak (8 x 128 tokens) is higher than the step's
 
 
 def test_fsdp_divides_the_states_by_the_processes_and_adds_what_it_gathers():

@@ -70,3 +70,9 @@ def test_bad_speedrun_muon_settings_are_refused_by_name():
     ok = resolve_config(overrides=[("optim.name", "muon"), ("optim.muon_ns_coefficients", "polar_express"),
                                    ("optim.cautious_wd", "true"), ("optim.muon_weight_decay", "0.1")])
     assert ok.optim.muon_ns_coefficients == "polar_express" and ok.optim.cautious_wd
+    # AdamW's cautious decay: either optimizer, and only with a decay to apply
+    for name in ("adamw", "muon"):
+        with pytest.raises(ConfigError, match="optim.adamw_cautious_wd .* optim.weight_decay is 0"):
+            resolve_config(overrides=[("optim.name", name), ("optim.adamw_cautious_wd", "true"),
+                                      ("optim.weight_decay", "0")])
+        assert resolve_config(overrides=[("optim.name", name), ("optim.adamw_cautious_wd", "true")]).optim.adamw_cautious_wd

@@ -6,7 +6,8 @@ import torch
 from gpt2lab.model.gpt import GPT, GPTConfig
 from gpt2lab.train.config import OptimSection
 from gpt2lab.train.muon import CombinedOptimizer
-from gpt2lab.train.optim import describe_optimizer, make_optimizer, muon_parameter_names, param_groups
+from gpt2lab.train.optim import (CautiousAdamW, describe_optimizer, make_optimizer, muon_parameter_names,
+                                 param_groups)
 
 from tests.train_utils import forward_backward
 
@@ -81,3 +82,73 @@ def test_grouping_blocks_matrices_to_muon_the_rest_to_adamw():
     line = describe_optimizer(model, OptimSection(name="muon"))
     n_muon = sum(p.numel() for n, p in model.named_parameters() if n in expected)
     assert f"on 8 block matrices ({n_muon:,} parameters" in line and "AdamW (lr 0.0006) on 20 tensors" in line
+
+
+# ------------------------------------------------------------------------- cautious weight decay for AdamW
+
+
+def _adamw_steps(cls, p0: torch.Tensor, grads, fused: bool, weight_decay: float) -> torch.Tensor:
+    p = torch.nn.Parameter(p0.clone())
+    optimizer = cls([{"params": [p], "weight_decay": weight_decay}], lr=0.1, betas=(0.9, 0.95), fused=fused)
+    for grad in grads:
+        p.grad = grad.clone()
+        optimizer.step()
+    return p.detach()
+
+
+def test_cautious_adamw_decays_only_where_the_step_and_the_weight_agree_in_sign():
+    """One step against the formula p0 - lr*u - lr*wd*p0*[u*p0 > 0], u read from a step of AdamW without decay;
+    about half of the entries agree, so a plain decay, or none, would differ; fused and unfused alike."""
+    generator = torch.Generator().manual_seed(0)
+    p0, grad = torch.randn(64, 32, generator=generator), torch.randn(64, 32, generator=generator)
+    for fused in (False, True):
+        undecayed = _adamw_steps(torch.optim.AdamW, p0, [grad], fused, 0.0)
+        lr_u = p0 - undecayed
+        agree = lr_u * p0 > 0
+        assert 0.3 < agree.float().mean() < 0.7
+        expected = undecayed - p0 * agree * (0.1 * 0.5)
+        cautious = _adamw_steps(CautiousAdamW, p0, [grad], fused, 0.5)
+        torch.testing.assert_close(cautious, expected, rtol=0, atol=1e-6)
+        plain = _adamw_steps(torch.optim.AdamW, p0, [grad], fused, 0.5)
+        # a plain decay shrinks the disagreeing entries too, by lr * wd * p0, which the cautious one does not
+        torch.testing.assert_close((cautious - plain)[~agree], p0[~agree] * (0.1 * 0.5), rtol=0, atol=1e-6)
+        torch.testing.assert_close(cautious[agree], plain[agree], rtol=0, atol=1e-6)
+
+
+def test_cautious_adamw_is_adamw_where_every_entry_agrees_and_keeps_adamws_state():
+    """Gradients of the weights' own sign make every step agree: then it is torch's AdamW with decay, step after
+    step, and its state_dict (moments, step count, the groups' weight_decay) is AdamW's."""
+    generator = torch.Generator().manual_seed(1)
+    p0 = torch.randn(16, 8, generator=generator).sign() * (1 + torch.rand(16, 8, generator=generator))  # |p0| > 1:
+    # no sign changes in 3 steps of at most about lr = 0.1 each
+    grads = [p0.sign() * torch.rand(16, 8, generator=generator) for _ in range(3)]
+    torch.testing.assert_close(_adamw_steps(CautiousAdamW, p0, grads, True, 0.5),
+                               _adamw_steps(torch.optim.AdamW, p0, grads, True, 0.5), rtol=0, atol=1e-6)
+    p = torch.nn.Parameter(p0.clone())
+    optimizer = CautiousAdamW([{"params": [p], "weight_decay": 0.5}], lr=0.1, fused=True)
+    p.grad = grads[0]
+    optimizer.step()
+    state = optimizer.state_dict()
+    assert state["param_groups"][0]["weight_decay"] == 0.5 and sorted(state["state"][0]) == [
+        "exp_avg", "exp_avg_sq", "step"]
+    plain = torch.optim.AdamW([torch.nn.Parameter(p0.clone())], lr=0.1, fused=True)
+    plain.load_state_dict(state)
+
+
+def test_adamw_cautious_wd_reaches_both_optimizers_and_the_memory_plan():
+    from gpt2lab.train.batch import parameter_counts
+    from gpt2lab.train.optim import cautious_copy_parameters
+
+    model = GPT(GPTConfig(**TINY_GPT))
+    assert type(make_optimizer(model, OptimSection(adamw_cautious_wd=True), CPU)) is CautiousAdamW
+    combined = make_optimizer(model, OptimSection(name="muon", adamw_cautious_wd=True), CPU)
+    assert type(combined.optimizers["adamw"]) is CautiousAdamW
+    assert type(make_optimizer(model, OptimSection(), CPU)) is torch.optim.AdamW
+    named = dict(model.named_parameters())
+    embeddings = named["transformer.wte.weight"].numel() + named["transformer.wpe.weight"].numel()
+    matrices = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    assert cautious_copy_parameters(model, OptimSection(name="muon", adamw_cautious_wd=True)) == embeddings
+    assert cautious_copy_parameters(model, OptimSection(adamw_cautious_wd=True)) == matrices
+    assert cautious_copy_parameters(model, OptimSection()) == 0
+    optim = OptimSection(adamw_cautious_wd=True)
+    assert parameter_counts(model.config, "adamw", optim=optim).step_copied == matrices
