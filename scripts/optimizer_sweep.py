@@ -174,9 +174,10 @@ ARMS: dict[str, list[str]] = {
                                                        optim__muon_normuon="true", optim__ema=0.99,
                                                        data__seq_len_warmup_steps=300, data__seq_len_start=32),
 }
-# Round three: single changes to the preset as it is now (PRESET_NOW); AdamW's cautious decay (issue 25's "try it for
-# the AdamW part"), no decay at all for comparison, a longer and shorter-starting context warm-up, higher LRs, a longer
-# cool-down; and the 250-step recipe with the options that won at 900 steps
+# Round three: single changes to the preset as it is now (PRESET_NOW): AdamW's cautious decay (issue 25's "try it
+# for the AdamW part") and no decay at all, the residual projections initialised at 0 (modded-nanogpt), a longer
+# context warm-up from 16 tokens, higher LRs, a longer cool-down, half the batch for twice the steps; and the
+# 250-step recipe with the options that won at 900 steps
 PRESET_NOW = dict(optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", optim__ema=0.99,
                   data__seq_len_warmup_steps=300, data__seq_len_start=32)
 ARMS.update({
@@ -187,6 +188,14 @@ ARMS.update({
     "sr-now-muon-0.015": muon(**{**FINAL, "muon_lr": 0.015}, **PRESET_NOW),
     "sr-now-adam-1.2e-2": muon(**{**FINAL, "adam_lr": 1.2e-2}, **PRESET_NOW),
     "sr-now-decay-0.3": muon(**FINAL, **PRESET_NOW, schedule__decay_fraction=0.3),
+    "sr-now-zero-init-projections": muon(**FINAL, **PRESET_NOW, model__zero_init_projections="true"),
+    # half the tokens per step (micro-batches of 4 x 128) for twice the steps: the same tokens, at about the same
+    # time (a step's cost is nearly proportional to its tokens here); every step-counted setting doubled with it
+    "sr-now-batch-512-1800-steps": muon(**FINAL, **{**PRESET_NOW, "data__seq_len_warmup_steps": 600,
+                                                    "optim__ema": 0.995},
+                                        data__batch_size=4, data__total_batch_tokens=512, schedule__max_steps=1800,
+                                        schedule__warmup_steps=60, eval__val_every=200, eval__sample_every=600,
+                                        checkpoint__every=600),
     "sr-250-steps-polar-normuon-seq-len-warmup-32-100": muon(
         **{**FINAL, "muon_lr": 0.02}, schedule__max_steps=250, schedule__decay_fraction=1.0,
         optim__muon_ns_coefficients="polar_express", optim__muon_normuon="true", data__seq_len_warmup_steps=100,

@@ -212,6 +212,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @torch.no_grad()
+    def zero_residual_projections(self) -> None:
+        """Zero the weights of the projections that write into the residual stream (attn.c_proj, mlp.c_proj): every
+        block then starts as the identity, and its first steps grow it from there (modded-nanogpt's init)."""
+        for module in self.modules():
+            if getattr(module, "RESIDUAL_PROJECTION", False):
+                module.weight.zero_()
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count, tied weights counted once (124,439,808 for `gpt2`)."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied tensor once

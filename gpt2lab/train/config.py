@@ -31,10 +31,13 @@ class ModelSection:
     n_embd: int = 768
     block_size: int = 1024
     vocab_size: int = 50304  # 50257 padded to a multiple of 128: faster matmuls, the extra rows learn ~nothing
+    # from scratch only: the projections that write into the residual stream (attn.c_proj, mlp.c_proj) start at 0,
+    # so each block starts as the identity (modded-nanogpt's init); not architecture: the model is a plain GPT-2
+    zero_init_projections: bool = False
 
     def gpt_config(self) -> GPTConfig:
-        """The architecture of a model trained from scratch: these fields but `init`, which says where weights
-        come from. The one place the section becomes a GPTConfig."""
+        """The architecture of a model trained from scratch: these fields but `init` and `zero_init_projections`,
+        which say where the weights come from. The one place the section becomes a GPTConfig."""
         return GPTConfig(block_size=self.block_size, vocab_size=self.vocab_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd)
 

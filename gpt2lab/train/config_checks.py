@@ -53,6 +53,9 @@ def validate(config: TrainConfig, given=()) -> None:
                           "sharded); use ddp, or drop optim.ema")
     if config.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got '{config.runtime.precision}'")
+    if config.model.zero_init_projections and config.model.init != "scratch":
+        raise ConfigError(f"model.zero_init_projections initialises a model trained from scratch, but model.init is "
+                          f"'{config.model.init}' (fine-tuning keeps its weights); drop it")
     if config.model.init == "scratch" and config.model.n_embd % config.model.n_head:
         raise ConfigError(f"model.n_embd ({config.model.n_embd}) must be divisible by model.n_head ({config.model.n_head})")
 

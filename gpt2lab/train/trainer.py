@@ -202,6 +202,8 @@ class Trainer:
         elif config.model.init == "scratch":
             torch.manual_seed(config.runtime.seed)  # same initial weights on every rank (DDP also broadcasts them)
             model = GPT(config.model.gpt_config()).to(self.device)
+            if config.model.zero_init_projections:  # after the usual init: every other weight is the same
+                model.zero_residual_projections()
         else:
             model = load_model(config.model.init, device=self.device, dtype=torch.float32)  # fine-tuning
             check_vocabulary(config.data.dir, {"vocab_size": self.data_vocab_size}, model.config.vocab_size,

@@ -76,3 +76,10 @@ def test_bad_speedrun_muon_settings_are_refused_by_name():
             resolve_config(overrides=[("optim.name", name), ("optim.adamw_cautious_wd", "true"),
                                       ("optim.weight_decay", "0")])
         assert resolve_config(overrides=[("optim.name", name), ("optim.adamw_cautious_wd", "true")]).optim.adamw_cautious_wd
+
+
+def test_zero_init_projections_is_refused_when_fine_tuning():
+    with pytest.raises(ConfigError, match="model.zero_init_projections initialises a model trained from scratch, but "
+                                          "model.init is 'gpt2'"):
+        resolve_config(overrides=[("model.init", "gpt2"), ("model.zero_init_projections", "true")])
+    assert resolve_config(overrides=[("model.zero_init_projections", "true")]).model.zero_init_projections

@@ -353,3 +353,27 @@ def test_disk_filling_up_mid_checkpoint_names_the_last_good_one(tmp_path, monkey
     assert "No space left on device" in str(stopped.value)
     assert f"the last good checkpoint is {run / 'checkpoints' / 'step_00000002'}" in str(stopped.value)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002"]
+
+
+def test_zero_init_projections_start_every_block_as_the_identity_and_keep_the_other_weights(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data")
+    initial = {}
+    real = trainer_module.make_optimizer
+
+    def make_optimizer(model, optim, device):  # the weights as the first step will see them
+        initial[len(initial)] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return real(model, optim, device)
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", make_optimizer)
+    train(tiny_config(data, schedule__max_steps=2, model__zero_init_projections=True), tmp_path / "zero", log=quiet)
+    train(tiny_config(data, schedule__max_steps=2), tmp_path / "plain", log=quiet)
+    zeroed, plain = initial[0], initial[1]
+    projections = [n for n in plain if n.endswith("c_proj.weight")]
+    assert len(projections) == 2 * tiny_config(data).model.n_layer
+    for name in plain:
+        if name in projections:
+            assert zeroed[name].abs().max() == 0 < plain[name].abs().max()
+        else:  # the same random init otherwise: only the projections differ
+            assert torch.equal(zeroed[name], plain[name])
+    trained = dict(load_model(tmp_path / "zero").named_parameters())
+    assert all(trained[name].abs().max() > 0 for name in projections)  # and they learn from there
